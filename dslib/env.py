@@ -1,0 +1,56 @@
+"""The one place that decides the process environment: offline mode, op cache, device.
+
+Every path (notebooks, launcher workers, tests) goes through these functions,
+so CPU/gloo versus CUDA/nccl is chosen here and nowhere else.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+OFFLINE_VARS = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_EVALUATE_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    # tokenizers forks badly inside datasets.map workers when its pool is already up
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def set_offline() -> None:
+    """Set the offline variables (without overriding what a user set) and the op cache."""
+    for name, value in OFFLINE_VARS.items():
+        os.environ.setdefault(name, value)
+    # DeepSpeed's C++ ops JIT-compile on first use (30-210 s each): keep them in one
+    # persistent folder so notebooks, tests and CI in one checkout compile them once.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
+
+
+def cache_dir() -> Path:
+    """Project cache (tokenizers, op builds): DSLIB_CACHE or <repo>/.cache."""
+    path = Path(os.environ.get("DSLIB_CACHE", REPO_ROOT / ".cache"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def outputs_dir() -> Path:
+    return Path(os.environ.get("DSLIB_OUTPUTS", REPO_ROOT / "outputs"))
+
+
+def device():
+    """The device every chapter runs on: cuda:LOCAL_RANK when CUDA exists, else cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def dist_backend() -> str:
+    """nccl on CUDA, gloo on CPU."""
+    import torch
+
+    return "nccl" if torch.cuda.is_available() else "gloo"
