@@ -1,0 +1,54 @@
+"""The optimizer comparison: target crossing, ratios over seeds, sweep selection, real short runs."""
+import torch
+from torch import nn
+
+from dslib.optim.compare import (Curve, OptimizerSpec, best_specs, common_target, lr_sweep, seed_runs,
+                                 speedup, train_curve)
+
+
+def curve(name: str, seed: int, val_loss: list[float], step_s: float = 1.0) -> Curve:
+    steps = [10 * (i + 1) for i in range(len(val_loss))]
+    return Curve(OptimizerSpec(name, 1e-3), seed, val_steps=steps, val_wall_s=[s * step_s for s in steps],
+                 val_loss=val_loss)
+
+
+def test_reach_and_speedup_ratios_per_seed():
+    adamw = [curve("adamw", s, [3.0, 2.5, 2.0, 1.8]) for s in range(3)]
+    lion = [curve("lion", 0, [2.5, 2.0, 1.9, 1.7], step_s=0.5), curve("lion", 1, [2.8, 2.4, 2.0, 1.9]),
+            curve("lion", 2, [3.0, 2.9, 2.8, 2.7])]
+    assert adamw[0].reach(2.0) == (30, 30.0) and lion[2].reach(2.0) is None
+    result = speedup(adamw, lion, target=2.0)
+    assert [r.get("step_ratio") for r in result["per_seed"]] == [1.5, 1.0, None]
+    assert result["per_seed"][0]["time_ratio"] == 3.0  # half the step time and 2/3 of the steps
+    assert result["step_ratio_mean"] == 1.25 and result["step_ratio_min"] == 1.0
+
+
+def test_common_target_is_reached_by_every_run_and_best_spec_ignores_nan():
+    runs = [curve("adamw", 0, [3.0, 2.0]), curve("lion", 0, [2.5, 2.2, 2.4])]
+    target = common_target(runs)
+    assert target == 2.2 and all(r.reach(target) for r in runs)
+    diverged = Curve(OptimizerSpec("lion", 1e-2), 0, val_steps=[10], val_wall_s=[1.0], val_loss=[float("nan")])
+    assert best_specs({"lion": [diverged, runs[1]]})["lion"] == runs[1].spec
+
+
+def regression_setup():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 1, generator=gen)
+    data = [(x, x @ w) for x in torch.randn(40, 16, 8, generator=gen)]
+    loss_fn = lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1])  # noqa: E731
+    return dict(batch_fn=lambda step: data[step % 32], val_batches=data[32:], loss_fn=loss_fn)
+
+
+def test_train_curve_and_sweep_learn_on_real_runs():
+    kwargs = regression_setup()
+    model_fn = lambda: nn.Linear(8, 1)  # noqa: E731
+    c = train_curve(model_fn, OptimizerSpec("lion", 3e-2), seed=0, steps=60, eval_every=20, **kwargs)
+    assert c.val_steps == [20, 40, 60] and c.val_loss[-1] < 0.5 * c.val_loss[0]
+    assert len(c.train_loss) == 60 and c.wall_s == sorted(c.wall_s)
+    sweep = lr_sweep(model_fn, [OptimizerSpec("adamw", lr) for lr in (1e-4, 3e-2)], seed=0, steps=40,
+                     eval_every=20, **kwargs)
+    assert best_specs(sweep)["adamw"].lr == 3e-2  # the tiny lr barely moves in 40 steps
+    runs = seed_runs(model_fn, {"adamw": OptimizerSpec("adamw", 3e-2)}, seeds=[0, 1], steps=20,
+                     eval_every=10, **kwargs)
+    assert [c.seed for c in runs["adamw"]] == [0, 1]
+    assert runs["adamw"][0].val_loss != runs["adamw"][1].val_loss  # the seed changes the init
