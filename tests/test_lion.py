@@ -136,3 +136,13 @@ def test_deepspeed_cpu_lion_matches_dslib_lion():
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
     # DeepSpeed's CPU Lion allocates an Adam-style exp_avg_sq it never uses: 8 bytes/param
     assert state_bytes_per_param(ds_opt)["total"] == 8.0
+    # where the interpolation is exactly 0 (zero gradient, zero momentum: e.g. the embedding
+    # row of a token absent from the batch) the paper's sign(0) = 0 leaves p alone, while
+    # DeepSpeed's -copysign(lr, +0.0) moves it by -lr
+    p_ds, p_ours = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    ds_lion, ours_lion = lion_module.DeepSpeedCPULion([p_ds], **hyper), Lion([p_ours], **hyper)
+    for p, opt in ((p_ds, ds_lion), (p_ours, ours_lion)):
+        p.grad = torch.tensor([0.0, 1.0])
+        opt.step()
+    assert p_ours[0].item() == 0.0 and p_ds[0].item() == pytest.approx(-1e-3)
+    assert p_ours[1].item() == p_ds[1].item() == pytest.approx(-1e-3)
