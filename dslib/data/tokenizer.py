@@ -40,14 +40,15 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text).ids
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(texts)]
+    def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts))]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode(list(ids))
 
-    def bytes_per_token(self, texts: list[str]) -> float:
+    def bytes_per_token(self, texts: Iterable[str]) -> float:
         """Compression ratio: UTF-8 bytes of the texts per token."""
+        texts = list(texts)
         n_bytes = sum(len(t.encode("utf-8")) for t in texts)
         n_tokens = sum(len(ids) for ids in self.encode_batch(texts))
         return n_bytes / max(n_tokens, 1)
