@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
@@ -180,7 +180,3 @@ def seed_runs(model_fn: Callable[[], nn.Module], specs: dict[str, OptimizerSpec]
 
 def curves_table(curves: dict[str, list[Curve]]) -> list[dict[str, Any]]:
     return [row for group in curves.values() for c in group for row in c.rows()]
-
-
-def spec_dict(spec: OptimizerSpec) -> dict[str, Any]:
-    return asdict(spec)

@@ -48,7 +48,8 @@ def ds_config(micro_batch: int, precision: str = "fp32", zero_stage: int = 1,
         "train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1,
         "zero_optimization": zero, "steps_per_print": 10**9, "wall_clock_breakdown": False,
         # torch_adam: torch.optim.AdamW instead of the fused_adam op (no 50-80 s JIT build)
-        "optimizer": optimizer or {"type": "AdamW", "params": {"lr": 1e-3, "weight_decay": 0.01, "torch_adam": True}},
+        "optimizer": optimizer or {"type": "AdamW",
+                                   "params": {"lr": 1e-3, "weight_decay": 0.01, "torch_adam": True}},
     }
     if precision == "bf16":
         config["bf16"] = {"enabled": True}

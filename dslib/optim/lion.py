@@ -129,8 +129,9 @@ def _fused_lion(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor
                 lr: float, beta1: float, beta2: float, weight_decay: float) -> None:
     kernel = _fused_kernel()
     # hyper-parameters as 0-dim tensors: a changed lr (scheduler) must not recompile
-    device, dtype = params[0].device, params[0].dtype
-    scalars = torch.tensor([lr, beta1, beta2, 1 - lr * weight_decay], dtype=dtype, device=device)
+    # (float32 even for bf16 parameters: 1 - lr*wd would round to 1.0 in bf16)
+    scalars = torch.tensor([lr, beta1, beta2, 1 - lr * weight_decay], dtype=torch.float32,
+                           device=params[0].device)
     lr_t, b1_t, b2_t, decay_t = scalars.unbind()
     for p, g, m in zip(params, grads, exp_avgs):
         if not (p.is_contiguous() and m.is_contiguous()):  # rare: in-place view(-1) needs contiguity
