@@ -1,0 +1,136 @@
+"""Communication per training step: ring collectives, volumes per ZeRO stage, alpha-beta time, overlap.
+
+Ring algorithms (Patarasuk & Yuan 2009; NCCL): over n ranks, a reduce-scatter or an all-gather of
+an M-byte buffer sends (n-1)/n * M bytes per rank in n-1 steps; an all-reduce is one of each,
+2(n-1)/n * M in 2(n-1) steps. Alpha-beta model (Hockney): time = steps * alpha + bytes / beta.
+Per step (ZeRO paper, Rajbhandari et al. 2020, sec. 7): data parallel all-reduces the gradients
+(2 Psi per rank); stages 1 and 2 reduce-scatter gradients and all-gather the updated weights
+(also 2 Psi); stage 3 all-gathers the weights in forward and again in backward and
+reduce-scatters the gradients (3 Psi, 1.5x).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The share of a step's compute that is the backward pass (2 of 6N): gradient traffic can hide there.
+BACKWARD_SHARE = 2 / 3
+
+
+@dataclass(frozen=True)
+class Link:
+    """An interconnect: achievable per-rank bandwidth (bytes/s, one direction) and per-step latency."""
+
+    name: str
+    bandwidth: float
+    latency: float
+    note: str = ""
+
+
+# Achievable bandwidth ~75-90% of nominal, as NCCL's bus bandwidth reports it; latency per ring step.
+LINKS: dict[str, Link] = {link.name: link for link in [
+    Link("NVLink4 (H100)", 360e9, 3e-6, "nominal 450 GB/s per direction (18 links x 25 GB/s)"),
+    Link("NVLink3 (A100)", 230e9, 3e-6, "nominal 300 GB/s per direction (12 links x 25 GB/s)"),
+    Link("PCIe 4.0 x16", 20e9, 5e-6, "nominal 32 GB/s; peer traffic through the host bridge"),
+    Link("InfiniBand NDR 400G", 45e9, 5e-6, "one 400 Gb/s NIC per GPU (50 GB/s nominal)"),
+    Link("InfiniBand HDR 200G", 22e9, 5e-6, "one 200 Gb/s NIC per GPU (25 GB/s nominal)"),
+    Link("Ethernet 100G RoCE", 11e9, 10e-6, "100 Gb/s (12.5 GB/s nominal), RDMA"),
+    Link("Ethernet 10G TCP", 1.1e9, 50e-6, "10 Gb/s (1.25 GB/s nominal), kernel TCP"),
+]}
+
+COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather")
+
+
+def _check(n_ranks: int, message_bytes: float) -> None:
+    if n_ranks < 1:
+        raise ValueError(f"n_ranks must be >= 1, got {n_ranks}")
+    if message_bytes < 0:
+        raise ValueError(f"message_bytes must be >= 0, got {message_bytes}")
+
+
+def ring_steps(collective: str, n_ranks: int) -> int:
+    """Sequential send/receive steps of a ring collective."""
+    if collective not in COLLECTIVES:
+        raise ValueError(f"unknown collective {collective!r}; known: {', '.join(COLLECTIVES)}")
+    return (2 if collective == "all_reduce" else 1) * (n_ranks - 1)
+
+
+def ring_bytes_per_rank(collective: str, message_bytes: float, n_ranks: int) -> float:
+    """Bytes each rank sends (and receives) in a ring collective over an M-byte buffer."""
+    _check(n_ranks, message_bytes)
+    return ring_steps(collective, n_ranks) * message_bytes / n_ranks
+
+
+def collective_time(collective: str, message_bytes: float, n_ranks: int, link: Link,
+                    messages: int = 1) -> float:
+    """Alpha-beta time of one ring collective, the buffer split into ``messages`` calls (buckets)."""
+    volume = ring_bytes_per_rank(collective, message_bytes, n_ranks)
+    return messages * ring_steps(collective, n_ranks) * link.latency + volume / link.bandwidth
+
+
+def step_collectives(n_params: float, zero_stage: int, grad_bytes: int = 2,
+                     param_bytes: int = 2) -> list[tuple[str, str, float]]:
+    """(what, collective, buffer bytes) of one optimizer step under data parallel or a ZeRO stage."""
+    if n_params <= 0:
+        raise ValueError(f"n_params must be positive, got {n_params}")
+    grads, weights = n_params * grad_bytes, n_params * param_bytes
+    if zero_stage == 0:
+        return [("gradients", "all_reduce", grads)]
+    if zero_stage in (1, 2):
+        return [("gradients", "reduce_scatter", grads), ("updated weights", "all_gather", weights)]
+    if zero_stage == 3:
+        return [("forward weights", "all_gather", weights), ("backward weights", "all_gather", weights),
+                ("gradients", "reduce_scatter", grads)]
+    raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
+
+
+def step_volume(n_params: float, zero_stage: int, n_ranks: int, grad_bytes: int = 2,
+                param_bytes: int = 2) -> float:
+    """Bytes each rank sends per step: 2(n-1)/n Psi for DP and stages 1-2, 3(n-1)/n Psi for stage 3."""
+    return sum(ring_bytes_per_rank(kind, size, n_ranks)
+               for _, kind, size in step_collectives(n_params, zero_stage, grad_bytes, param_bytes))
+
+
+def step_comm_time(n_params: float, zero_stage: int, n_ranks: int, link: Link,
+                   grad_bytes: int = 2, param_bytes: int = 2, messages: int = 1) -> float:
+    """Seconds of communication per step, nothing overlapped, one ring over ``link``."""
+    return sum(collective_time(kind, size, n_ranks, link, messages)
+               for _, kind, size in step_collectives(n_params, zero_stage, grad_bytes, param_bytes))
+
+
+def overlapped_step(compute_s: float, comm_s: float, overlap: float = 0.0) -> dict[str, float]:
+    """Step time when communication can run during ``overlap`` x compute (0: none, 2/3: backward).
+
+    Exposed communication is what does not fit under the overlappable compute; the overhead
+    fraction is exposed / step, the share of the step spent waiting on the network.
+    """
+    if not 0 <= overlap <= 1:
+        raise ValueError(f"overlap must be in [0, 1], got {overlap}")
+    exposed = max(0.0, comm_s - overlap * compute_s)
+    step = compute_s + exposed
+    return {"compute_s": compute_s, "comm_s": comm_s, "exposed_comm_s": exposed,
+            "step_s": step, "overhead_fraction": exposed / step}
+
+
+def comm_overhead(n_params: float, zero_stage: int, n_ranks: int, link: Link, compute_s: float,
+                  overlap: float = 0.0, grad_bytes: int = 2, param_bytes: int = 2,
+                  messages: int = 1) -> dict[str, float]:
+    """The step of one rank: compute seconds + the stage's communication on ``link``, overlapped."""
+    comm_s = step_comm_time(n_params, zero_stage, n_ranks, link, grad_bytes, param_bytes, messages)
+    return overlapped_step(compute_s, comm_s, overlap)
+
+
+def fit_alpha_beta(sizes: list[float], seconds: list[float], collective: str,
+                   n_ranks: int) -> Link:
+    """Least-squares alpha (per ring step) and beta (bytes/s) from timed collectives of several sizes."""
+    import numpy as np
+
+    steps = ring_steps(collective, n_ranks)
+    volume = np.array([ring_bytes_per_rank(collective, s, n_ranks) for s in sizes])
+    times = np.asarray(seconds, dtype=float)
+    # relative residuals: small messages (latency) weigh as much as large ones (bandwidth)
+    design = np.stack([np.full_like(volume, steps), volume], axis=1) / times[:, None]
+    (alpha, inv_beta), *_ = np.linalg.lstsq(design, np.ones_like(times), rcond=None)
+    if inv_beta <= 0:
+        raise ValueError("timings do not grow with size: cannot fit a bandwidth")
+    return Link("measured loopback (gloo)", float(1 / inv_beta), float(max(alpha, 0.0)),
+                f"fit over {len(sizes)} sizes, {n_ranks} ranks")

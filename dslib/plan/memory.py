@@ -1,0 +1,229 @@
+"""Memory per rank: model states under data parallel / ZeRO 1-2-3 with offload, activations, buffers.
+
+Model states follow the ZeRO paper (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations
+Toward Training Trillion Parameter Models", sec. 3.1 and 5): with mixed precision every
+parameter costs 2 (16-bit weight) + 2 (16-bit gradient) + K bytes of optimizer state, K = 12
+for Adam (fp32 master weight, momentum, variance). DeepSpeed's own estimators
+(``estimate_zero2_model_states_mem_needs``, ``estimate_zero3_model_states_mem_needs``) add the
+fp32 copy of the gradient partition the optimizer steps on (4 B/param), count the largest
+layer gathered in 16-bit (weights + gradients, 4 B/param of that layer) under stage 3, and
+multiply CPU memory by a 1.5 buffer factor. This model counts the same terms, named, so the
+two agree to the byte where they overlap (tests/test_plan.py). Where they differ it is said:
+  * stage 3 keeps the reduced 16-bit gradient partition in ``grad_partitions_flat_buffer``
+    (deepspeed/runtime/zero/stage3.py), 2 B/param/rank that DeepSpeed's stage-3 estimator
+    leaves out; here it is the component ``grads`` (on the optimizer's device);
+  * DeepSpeed's stage-2 CPU estimate ignores the node count (16 B/param on every node);
+    here offloaded states are split over nodes as in its stage-3 estimator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Optimizer = Literal["adamw", "adam", "lion", "sgd", "sgd_momentum"]
+Precision = Literal["fp32", "amp", "mixed"]
+OffloadDevice = Literal["none", "cpu", "nvme"]
+
+# fp32 state tensors each optimizer keeps per parameter (Adam/AdamW: m, v; Lion: m; SGD+momentum: buf)
+OPTIMIZER_STATE_TENSORS: dict[str, int] = {"adamw": 2, "adam": 2, "lion": 1, "sgd": 0, "sgd_momentum": 1}
+
+
+class MemoryPlan(BaseModel):
+    """The inputs of the model-state memory model; a bad value raises a ValidationError naming it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_params: int = Field(gt=0, description="total parameters (shared ones counted once)")
+    optimizer: Optimizer = "adamw"
+    precision: Precision = Field("mixed", description="fp32; amp = fp32 weights + autocast; "
+                                 "mixed = 16-bit weights/grads + fp32 master (DeepSpeed fp16/bf16)")
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    gpus_per_node: int = Field(1, gt=0)
+    num_nodes: int = Field(1, gt=0)
+    offload_optimizer: OffloadDevice = "none"
+    offload_param: OffloadDevice = "none"
+    largest_layer_params: int = Field(0, ge=0, description="params of the largest module (stage 3)")
+    zero_init: bool = Field(True, description="stage 3: build the model already partitioned")
+    cpu_buffer_factor: float = Field(1.5, ge=1.0, description="DeepSpeed's additional_buffer_factor")
+    stage3_grad_partition: bool = Field(True, description="count stage 3's 16-bit gradient "
+                                        "partition; False reproduces DeepSpeed's estimator")
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> "MemoryPlan":
+        if self.offload_optimizer != "none" and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage >= 1 (ZeRO-Offload)")
+        if self.offload_param != "none" and self.zero_stage != 3:
+            raise ValueError(f"offload_param needs zero_stage 3, got zero_stage {self.zero_stage}")
+        if self.largest_layer_params > self.n_params:
+            raise ValueError("largest_layer_params cannot exceed n_params")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus_per_node * self.num_nodes
+
+
+@dataclass(frozen=True)
+class ModelStateMemory:
+    """Bytes of model states: per rank on the accelerator, per node in CPU RAM and on NVMe."""
+
+    plan: MemoryPlan
+    device: dict[str, float] = field(default_factory=dict)   # per rank, by component
+    offloaded: dict[str, float] = field(default_factory=dict)  # per rank, by component
+    cpu_per_node: float = 0.0    # peak CPU RAM per node (x cpu_buffer_factor, like DeepSpeed)
+    nvme_per_node: float = 0.0
+
+    @property
+    def device_total(self) -> float:
+        return sum(self.device.values())
+
+
+def state_bytes_per_param(optimizer: str, precision: str) -> dict[str, int]:
+    """Bytes per parameter of each model-state component before any partitioning."""
+    optimizer_bytes = 4 * OPTIMIZER_STATE_TENSORS[optimizer]
+    if precision == "mixed":  # 16-bit model, fp32 master + fp32 gradient partition for the step
+        return {"params": 2, "grads": 2, "grads_fp32": 4, "master": 4, "optimizer": optimizer_bytes}
+    # fp32 and amp: weights and gradients are fp32 (autocast casts weights per forward: a buffer)
+    return {"params": 4, "grads": 4, "grads_fp32": 0, "master": 0, "optimizer": optimizer_bytes}
+
+
+def _partitioned(component: str, stage: int) -> bool:
+    """ZeRO stage 1 shards optimizer states (with master + fp32 grads), 2 adds gradients, 3 weights."""
+    level = {"optimizer": 1, "master": 1, "grads_fp32": 1, "grads": 2, "params": 3}[component]
+    return stage >= level
+
+
+def _placement(component: str, plan: MemoryPlan) -> str:
+    if component == "params":
+        return plan.offload_param
+    if component == "grads":
+        # stage 3 keeps its 16-bit gradient partition next to the optimizer; stage 1/2 on the device
+        return plan.offload_optimizer if plan.zero_stage == 3 else "none"
+    return plan.offload_optimizer
+
+
+def model_states(n_params: int, **plan_fields) -> ModelStateMemory:
+    """Model-state memory of one rank for ``n_params`` parameters; see MemoryPlan for the fields.
+
+    Example: ``model_states(10**9, zero_stage=3, gpus_per_node=8).device_total`` bytes per GPU.
+    """
+    plan = MemoryPlan(n_params=n_params, **plan_fields)
+    world = plan.world_size
+    per_param = state_bytes_per_param(plan.optimizer, plan.precision)
+    device: dict[str, float] = {}
+    offloaded: dict[str, float] = {}
+    nvme = 0.0
+    for name, nbytes in per_param.items():
+        if nbytes == 0 or (name == "grads" and plan.zero_stage == 3 and not plan.stage3_grad_partition):
+            continue
+        total = nbytes * n_params / world if _partitioned(name, plan.zero_stage) else nbytes * n_params
+        where = _placement(name, plan)
+        if name == "grads" and plan.zero_stage == 2 and plan.offload_optimizer != "none":
+            continue  # stage 2 offload reduces gradients straight into the offloaded fp32 partition
+        if where == "none":
+            device[name] = total
+        else:
+            offloaded[name] = total
+            nvme += total if where == "nvme" else 0.0
+    if plan.zero_stage == 3:
+        # the layer being computed is gathered whole: its 16-bit (fp32: 32-bit) weights + gradients
+        device["working_layer"] = (per_param["params"] + per_param["grads"]) * plan.largest_layer_params
+    node_ranks = plan.gpus_per_node
+    offloaded_cpu = (sum(offloaded.values()) - nvme) * node_ranks
+    # without zero.Init every rank first builds the whole model in fp32 on CPU
+    init_load = 4 * (plan.largest_layer_params if plan.zero_stage == 3 and plan.zero_init else n_params)
+    cpu = max(init_load * node_ranks, offloaded_cpu) * plan.cpu_buffer_factor
+    return ModelStateMemory(plan=plan, device=device, offloaded=offloaded,
+                            cpu_per_node=cpu, nvme_per_node=nvme * node_ranks)
+
+
+class ActivationShape(BaseModel):
+    """The shape inputs of the activation formula (one rank, no tensor/sequence parallelism)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seq_len: int = Field(gt=0)
+    micro_batch: int = Field(gt=0)
+    hidden: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    layers: int = Field(gt=0)
+    memory_length: int = Field(0, ge=0, description="Transformer-XL cached positions per layer")
+    vocab_size: int = Field(0, ge=0, description="0 leaves out the logits")
+    element_bytes: int = Field(2, gt=0, description="2 for fp16/bf16 activations, 4 for fp32")
+    dropout: bool = True
+    checkpointing: bool = False
+
+
+def layer_activation_bytes(shape: ActivationShape) -> float:
+    """Bytes one transformer layer keeps for backward (Korthikanti et al. 2022, eq. 1, generalised).
+
+    Korthikanti et al., "Reducing Activation Recomputation in Large Transformer Models", sec. 4.1:
+    34*s*b*h + 5*a*s^2*b bytes per layer with 16-bit activations and 1-byte dropout masks:
+    16 saved s*b*h tensors (2 B each) + 2 dropout masks (1 B), and per head the softmax output
+    (2 B) + its dropout mask (1 B) + dropout output (2 B) over s x s scores. Written here for any
+    element size e: (16e + 2 masks)*s*b*h + (2e + 1)*a*s*k*b, k = keys per query. Transformer-XL
+    attends over k = s + mem keys and saves the memory rows of its K/V-projection input, K and V
+    (3 tensors of mem*b*h); the relative-position terms (no batch dimension) are left out.
+    """
+    s, b, h, a, m, e = (shape.seq_len, shape.micro_batch, shape.hidden, shape.heads,
+                        shape.memory_length, shape.element_bytes)
+    keys = s + m
+    masks = 1 if shape.dropout else 0
+    hidden_terms = (16 * e + 2 * masks) * s * b * h + 3 * e * m * b * h
+    score_terms = ((2 * e + masks) if shape.dropout else e) * a * s * keys * b
+    return float(hidden_terms + score_terms)
+
+
+def activation_memory(**shape_fields) -> dict[str, float]:
+    """Activation bytes of one rank's micro-batch, by component (see layer_activation_bytes).
+
+    With full activation checkpointing each layer keeps only its input (e*s*b*h) and one layer's
+    full activations live again while it is recomputed in backward.
+    """
+    shape = ActivationShape(**shape_fields)
+    s, b, h, e = shape.seq_len, shape.micro_batch, shape.hidden, shape.element_bytes
+    per_layer = layer_activation_bytes(shape)
+    if shape.checkpointing:
+        parts = {"layer_inputs": float(e * s * b * h * shape.layers), "recompute_layer": per_layer}
+    else:
+        parts = {"layers": per_layer * shape.layers}
+    if shape.memory_length:  # the cached hidden states themselves (no gradient), every layer
+        parts["memory_cache"] = float(e * shape.memory_length * b * h * shape.layers)
+    if shape.vocab_size:  # logits in e bytes + the fp32 softmax of the cross-entropy
+        parts["logits"] = float((e + 4) * s * b * shape.vocab_size)
+    return parts
+
+
+def buffer_bytes(n_params: int, zero_stage: int, element_bytes: int = 2,
+                 reduce_bucket: float = 5e8, allgather_bucket: float = 5e8,
+                 prefetch_bucket: float = 5e7, ddp_bucket_bytes: float = 25 * 2**20) -> dict[str, float]:
+    """Temporary communication buffers per rank, from DeepSpeed's / DDP's default bucket sizes.
+
+    DDP (stage 0) all-reduces 25 MiB buckets; stages 1-2 use ``reduce_bucket_size`` and
+    ``allgather_bucket_size`` (elements, default 5e8); stage 3 reduces gradients in
+    ``reduce_bucket_size`` and prefetches ``stage3_prefetch_bucket_size`` (default 5e7) params.
+    A bucket never holds more than the whole model.
+    """
+    if n_params <= 0:
+        raise ValueError(f"n_params must be positive, got {n_params}")
+    model_bytes = float(n_params * element_bytes)
+    if zero_stage == 0:
+        return {"ddp_bucket": min(ddp_bucket_bytes, model_bytes)}
+    if zero_stage in (1, 2):
+        return {"reduce_bucket": min(reduce_bucket * element_bytes, model_bytes),
+                "allgather_bucket": min(allgather_bucket * element_bytes, model_bytes)}
+    if zero_stage == 3:
+        return {"reduce_bucket": min(reduce_bucket * element_bytes, model_bytes),
+                "prefetch_bucket": min(prefetch_bucket * element_bytes, model_bytes)}
+    raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
+
+
+def rank_memory(states: ModelStateMemory, activations: dict[str, float],
+                buffers: dict[str, float]) -> dict[str, float]:
+    """One rank's accelerator memory stack: model-state components + activations + buffers."""
+    stack = dict(states.device)
+    stack["activations"] = sum(activations.values())
+    stack["buffers"] = sum(buffers.values())
+    return stack
