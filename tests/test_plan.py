@@ -7,7 +7,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from dslib.plan import comm, flops, memory
+from dslib.plan import claims, comm, flops, memory
 
 ds_zero2 = pytest.importorskip("deepspeed.runtime.zero.stage_1_and_2")
 ds_zero3 = pytest.importorskip("deepspeed.runtime.zero.stage3")
@@ -206,3 +206,27 @@ def test_training_flops_and_time():
     assert flops.model_flops_utilisation(1e12 / seconds, per_token, 8, 312e12) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="layers"):
         flops.training_flops_per_token(n, -1, h, s)
+
+
+def test_mixed_precision_saving_needs_activations():
+    shape = dict(seq_len=512, hidden=1024, heads=16, layers=18, memory_length=512, vocab_size=32000)
+    rows = claims.mixed_precision_rows(250_000_000, shape, [1, 8, 64])
+    savings = [r["mixed_saving"] for r in rows]
+    assert savings == sorted(savings) and max(savings) < 0.49  # only activations shrink
+    states_only = claims.mixed_precision_rows(10**10, dict(shape, layers=1, vocab_size=0), [1])[0]
+    assert states_only["mixed_saving"] < 0  # 20 B/param against fp32's 16
+
+
+def test_comm_claim_reproduces_both_numbers():
+    check = claims.check_comm_overhead_35_to_18()
+    overheads = [row["overhead"] for row in check.rows]
+    assert overheads[0] == pytest.approx(0.35) and overheads[1] == pytest.approx(0.18)
+    assert overheads[2] == pytest.approx(0.18) and overheads[3] == 0
+    assert overheads[4] > overheads[0]  # ZeRO-3 moves 1.5x the bytes
+
+
+def test_zero3_claim_readings():
+    check = claims.check_zero3_100b()
+    assert "12 B/param" in check.measured
+    paper = [r for r in check.rows if r["layout"].startswith("ZeRO-3, mixed-precision")]
+    assert paper and paper[0]["devices"] == 5 and paper[0]["per_device_GB"] == pytest.approx(320)
