@@ -147,8 +147,11 @@ def test_fp32_activations_cost_about_twice():
     assert 1.8 < full / half < 2.0  # dropout masks stay 1 byte
 
 
-def test_buffers_are_bounded_by_the_model():
-    assert memory.buffer_bytes(1000, 2) == {"reduce_bucket": 2000.0, "allgather_bucket": 2000.0}
+def test_buffers_follow_deepspeed_defaults():
+    assert memory.buffer_bytes(1000, 0) == {"ddp_buckets": 2000.0}
+    assert memory.buffer_bytes(1000, 2) == {"reduce_bucket": 1e9}  # 5e8 elements, whatever the model
+    assert memory.buffer_bytes(1000, 2, overlap_comm=True) == {"reduce_bucket": 2e9}
+    assert memory.buffer_bytes(1000, 3) == {"reduce_bucket": 2e9, "prefetch_bucket": 2000.0}
     with pytest.raises(ValueError, match="zero_stage"):
         memory.buffer_bytes(1000, 4)
 
@@ -230,3 +233,9 @@ def test_zero3_claim_readings():
     assert "12 B/param" in check.measured
     paper = [r for r in check.rows if r["layout"].startswith("ZeRO-3, mixed-precision")]
     assert paper and paper[0]["devices"] == 5 and paper[0]["per_device_GB"] == pytest.approx(320)
+
+
+def test_compare_with_deepspeed_rows_agree():
+    for row in memory.compare_with_deepspeed(10**10, 10**8, gpus_per_node=8):
+        assert row["ours_as_deepspeed_gpu"] == pytest.approx(row["deepspeed_gpu"], abs=1)
+        assert row["ours_as_deepspeed_cpu"] == pytest.approx(row["deepspeed_cpu"], abs=1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dslib.plan import comm, flops, memory
+from dslib.plan import comm, memory
 
 GB = 1e9
 
@@ -82,43 +82,7 @@ def check_mixed_precision_memory_40(n_params: int, shape: dict[str, Any], micro_
     return ClaimCheck("mixed_precision_memory_40", measured, verdict, note, rows)
 
 
-@dataclass(frozen=True)
-class CommSetting:
-    """A data-parallel training step on identical devices; defaults: the article's 10B on 8x A100."""
-
-    n_params: float = 10e9
-    layers: int = 48
-    hidden: int = 4096
-    seq_len: int = 2048
-    n_devices: int = 8
-    link: comm.Link = comm.LINKS["NVLink3 (A100)"]
-    peak_flops: float = flops.PEAK_FLOPS["A100 bf16"]
-    mfu: float = 0.5
-
-    @property
-    def flops_per_token(self) -> float:
-        return flops.training_flops_per_token(self.n_params, self.layers, self.hidden, self.seq_len)
-
-    def comm_s(self, zero_stage: int) -> float:
-        return comm.step_comm_time(self.n_params, zero_stage, self.n_devices, self.link)
-
-    def compute_s(self, tokens_per_device: float) -> float:
-        return flops.step_compute_time(tokens_per_device, self.flops_per_token, self.peak_flops, self.mfu)
-
-    def overhead(self, tokens_per_device: float, zero_stage: int, overlap: float) -> float:
-        step = comm.overlapped_step(self.compute_s(tokens_per_device), self.comm_s(zero_stage), overlap)
-        return step["overhead_fraction"]
-
-    def tokens_for_overhead(self, target: float, zero_stage: int, overlap: float = 0.0) -> float:
-        """Tokens per device and step at which exposed communication is ``target`` of the step.
-
-        From f = (C - oT) / (T + C - oT): T = C (1 - f) / (f + o (1 - f)).
-        """
-        compute = self.comm_s(zero_stage) * (1 - target) / (target + overlap * (1 - target))
-        return compute * self.peak_flops * self.mfu / self.flops_per_token
-
-
-def check_comm_overhead_35_to_18(setting: CommSetting = CommSetting(), before: float = 0.35,
+def check_comm_overhead_35_to_18(setting: comm.CommSetting = comm.CommSetting(), before: float = 0.35,
                                  after: float = 0.18) -> ClaimCheck:
     """Which settings put communication at 35% and then 18% of the step, if any."""
     s = setting

@@ -10,7 +10,9 @@ reduce-scatters the gradients (3 Psi, 1.5x).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from dslib.plan import flops
 
 # The share of a step's compute that is the backward pass (2 of 6N): gradient traffic can hide there.
 BACKWARD_SHARE = 2 / 3
@@ -117,6 +119,45 @@ def comm_overhead(n_params: float, zero_stage: int, n_ranks: int, link: Link, co
     """The step of one rank: compute seconds + the stage's communication on ``link``, overlapped."""
     comm_s = step_comm_time(n_params, zero_stage, n_ranks, link, grad_bytes, param_bytes, messages)
     return overlapped_step(compute_s, comm_s, overlap)
+
+
+@dataclass(frozen=True)
+class CommSetting:
+    """A data-parallel training step on identical devices; defaults: the article's 10B on 8x A100."""
+
+    n_params: float = 10e9
+    layers: int = 48
+    hidden: int = 4096
+    seq_len: int = 2048
+    n_devices: int = 8
+    link: Link = LINKS["NVLink3 (A100)"]
+    peak_flops: float = flops.PEAK_FLOPS["A100 bf16"]
+    mfu: float = 0.5
+
+    @property
+    def flops_per_token(self) -> float:
+        return flops.training_flops_per_token(self.n_params, self.layers, self.hidden, self.seq_len)
+
+    def comm_s(self, zero_stage: int) -> float:
+        return step_comm_time(self.n_params, zero_stage, self.n_devices, self.link)
+
+    def compute_s(self, tokens_per_device: float) -> float:
+        return flops.step_compute_time(tokens_per_device, self.flops_per_token, self.peak_flops, self.mfu)
+
+    def overhead(self, tokens_per_device: float, zero_stage: int, overlap: float) -> float:
+        step = overlapped_step(self.compute_s(tokens_per_device), self.comm_s(zero_stage), overlap)
+        return step["overhead_fraction"]
+
+    def tokens_for_overhead(self, target: float, zero_stage: int, overlap: float = 0.0) -> float:
+        """Tokens per device and step at which exposed communication is ``target`` of the step.
+
+        From f = (C - oT) / (T + C - oT): T = C (1 - f) / (f + o (1 - f)).
+        """
+        compute = self.comm_s(zero_stage) * (1 - target) / (target + overlap * (1 - target))
+        return compute * self.peak_flops * self.mfu / self.flops_per_token
+
+    def with_link(self, link: Link) -> "CommSetting":
+        return replace(self, link=link)
 
 
 def fit_alpha_beta(sizes: list[float], seconds: list[float], collective: str,

@@ -48,8 +48,9 @@ def _allreduce_worker(rank: int, world: int, port: int, sizes: list[int], repeat
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 samples.append(time.perf_counter() - start)
-            # the slowest rank decides when the collective is done
-            slowest = torch.tensor([statistics.median(samples)], device=device)
+            # fastest repeat: the link's cost without the noise of other processes on shared
+            # cores; the slowest rank decides when the collective is done
+            slowest = torch.tensor([min(samples)], device=device)
             dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
             timings[size] = float(slowest.item())
         if rank == 0:
@@ -59,7 +60,7 @@ def _allreduce_worker(rank: int, world: int, port: int, sizes: list[int], repeat
 
 
 def measure_allreduce(sizes: list[int], repeats: int = 5, n_ranks: int = 2) -> dict[int, float]:
-    """Median seconds of an all-reduce of each buffer size (bytes, fp32) over ``n_ranks`` local ranks."""
+    """Best-of-``repeats`` seconds of an all-reduce of each buffer size (bytes, fp32) over ``n_ranks`` local ranks."""
     import torch.multiprocessing as mp
 
     if n_ranks < 2:

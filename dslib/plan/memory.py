@@ -18,7 +18,7 @@ two agree to the byte where they overlap (tests/test_plan.py). Where they differ
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -197,27 +197,27 @@ def activation_memory(**shape_fields) -> dict[str, float]:
 
 
 def buffer_bytes(n_params: int, zero_stage: int, element_bytes: int = 2,
-                 reduce_bucket: float = 5e8, allgather_bucket: float = 5e8,
-                 prefetch_bucket: float = 5e7, ddp_bucket_bytes: float = 25 * 2**20) -> dict[str, float]:
-    """Temporary communication buffers per rank, from DeepSpeed's / DDP's default bucket sizes.
+                 reduce_bucket: float = 5e8, prefetch_bucket: float = 5e7,
+                 overlap_comm: bool | None = None) -> dict[str, float]:
+    """Temporary communication buffers per rank, as DDP and DeepSpeed allocate them by default.
 
-    DDP (stage 0) all-reduces 25 MiB buckets; stages 1-2 use ``reduce_bucket_size`` and
-    ``allgather_bucket_size`` (elements, default 5e8); stage 3 reduces gradients in
-    ``reduce_bucket_size`` and prefetches ``stage3_prefetch_bucket_size`` (default 5e7) params.
-    A bucket never holds more than the whole model.
+    DDP (stage 0) copies all gradients into flat buckets (unless gradient_as_bucket_view).
+    DeepSpeed with contiguous_gradients allocates a full ``reduce_bucket_size`` (elements, 5e8)
+    gradient bucket whatever the model size (stage_1_and_2.py / stage3.py), twice with
+    overlap_comm (default on for stage 3 only); stage 3 also prefetches up to
+    ``stage3_prefetch_bucket_size`` (5e7) parameters ahead of the layer being computed.
     """
     if n_params <= 0:
         raise ValueError(f"n_params must be positive, got {n_params}")
-    model_bytes = float(n_params * element_bytes)
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
     if zero_stage == 0:
-        return {"ddp_bucket": min(ddp_bucket_bytes, model_bytes)}
-    if zero_stage in (1, 2):
-        return {"reduce_bucket": min(reduce_bucket * element_bytes, model_bytes),
-                "allgather_bucket": min(allgather_bucket * element_bytes, model_bytes)}
+        return {"ddp_buckets": float(n_params * element_bytes)}
+    overlap = zero_stage == 3 if overlap_comm is None else overlap_comm
+    buffers = {"reduce_bucket": reduce_bucket * element_bytes * (2 if overlap else 1)}
     if zero_stage == 3:
-        return {"reduce_bucket": min(reduce_bucket * element_bytes, model_bytes),
-                "prefetch_bucket": min(prefetch_bucket * element_bytes, model_bytes)}
-    raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
+        buffers["prefetch_bucket"] = min(prefetch_bucket, n_params) * element_bytes
+    return buffers
 
 
 def rank_memory(states: ModelStateMemory, activations: dict[str, float],
@@ -227,3 +227,47 @@ def rank_memory(states: ModelStateMemory, activations: dict[str, float],
     stack["activations"] = sum(activations.values())
     stack["buffers"] = sum(buffers.values())
     return stack
+
+
+def stage_stacks(n_params: int, activations: dict[str, float], element_bytes: int = 2,
+                 **plan_fields) -> dict[str, dict[str, float]]:
+    """The memory stack of one rank under DP and each ZeRO stage, other plan fields held fixed."""
+    stacks = {}
+    for stage in (0, 1, 2, 3):
+        states = model_states(n_params, zero_stage=stage, **plan_fields)
+        label = "DP" if stage == 0 else f"ZeRO-{stage}"
+        stacks[label] = rank_memory(states, activations, buffer_bytes(n_params, stage, element_bytes))
+    return stacks
+
+
+def compare_with_deepspeed(n_params: int, largest_layer_params: int, gpus_per_node: int = 1,
+                           num_nodes: int = 1) -> list[dict[str, Any]]:
+    """This model next to DeepSpeed's own estimators, for every offload case they cover (bytes)."""
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    layout = dict(gpus_per_node=gpus_per_node, num_nodes=num_nodes)
+    ds_layout = dict(num_gpus_per_node=gpus_per_node, num_nodes=num_nodes)
+    rows = []
+    for offload in (False, True):
+        ds_cpu, ds_gpu = estimate_zero2_model_states_mem_needs(n_params, cpu_offload=offload, **ds_layout)
+        ours = model_states(n_params, zero_stage=2, offload_optimizer="cpu" if offload else "none", **layout)
+        rows.append({"stage": 2, "offload": "optimizer" if offload else "none", "ours_gpu": ours.device_total,
+                     "ours_as_deepspeed_gpu": ours.device_total, "deepspeed_gpu": ds_gpu,
+                     "ours_cpu_per_node": ours.cpu_per_node, "ours_as_deepspeed_cpu": ours.cpu_per_node,
+                     "deepspeed_cpu": ds_cpu})
+    for optimizer_offload, param_offload in [(False, False), (True, False), (True, True)]:
+        ds_cpu, ds_gpu, _ = estimate_zero3_model_states_mem_needs(
+            n_params, largest_layer_params, cpu_offload=optimizer_offload,
+            cpu_offload_params=param_offload, zero_init=True, **ds_layout)
+        fields = dict(zero_stage=3, largest_layer_params=largest_layer_params, **layout,
+                      offload_optimizer="cpu" if optimizer_offload else "none",
+                      offload_param="cpu" if param_offload else "none")
+        ours = model_states(n_params, **fields)
+        as_ds = model_states(n_params, stage3_grad_partition=False, **fields)
+        rows.append({"stage": 3, "offload": "optimizer+param" if param_offload else
+                     ("optimizer" if optimizer_offload else "none"), "ours_gpu": ours.device_total,
+                     "ours_as_deepspeed_gpu": as_ds.device_total, "deepspeed_gpu": ds_gpu,
+                     "ours_cpu_per_node": ours.cpu_per_node, "ours_as_deepspeed_cpu": as_ds.cpu_per_node,
+                     "deepspeed_cpu": ds_cpu})
+    return rows
