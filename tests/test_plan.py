@@ -239,3 +239,11 @@ def test_compare_with_deepspeed_rows_agree():
     for row in memory.compare_with_deepspeed(10**10, 10**8, gpus_per_node=8):
         assert row["ours_as_deepspeed_gpu"] == pytest.approx(row["deepspeed_gpu"], abs=1)
         assert row["ours_as_deepspeed_cpu"] == pytest.approx(row["deepspeed_cpu"], abs=1)
+
+
+def test_loopback_measurement_fits_a_link():
+    from dslib.plan import measure
+
+    link, timings = measure.measure_loopback_link([4096, 1 << 22], repeats=2)
+    assert set(timings) == {4096, 1 << 22} and all(t > 0 for t in timings.values())
+    assert link.bandwidth > 0 and link.latency >= 0 and "loopback" in link.name

@@ -1,7 +1,8 @@
 """Measure this machine: all-reduce over local ranks (fit alpha and beta) and matmul FLOP/s.
 
 Self-contained (torch.multiprocessing.spawn + a file for rank 0's result) so chapter 02 needs no
-launcher; the backend comes from dslib.env (gloo on CPU, nccl on CUDA).
+launcher; the backend comes from dslib.env (gloo on CPU, nccl on CUDA), falling back to gloo over
+host memory when one GPU would have to hold two ranks.
 """
 from __future__ import annotations
 
@@ -22,7 +23,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _allreduce_worker(rank: int, world: int, port: int, sizes: list[int], repeats: int,
+def _backend(n_ranks: int) -> str:
+    """dslib's backend, but gloo when there are fewer GPUs than ranks (nccl needs one GPU per rank)."""
+    import torch
+
+    from dslib import env
+
+    backend = env.dist_backend()
+    return "gloo" if backend == "nccl" and torch.cuda.device_count() < n_ranks else backend
+
+
+def _allreduce_worker(rank: int, world: int, port: int, backend: str, sizes: list[int], repeats: int,
                       out_path: str) -> None:
     import torch
     import torch.distributed as dist
@@ -31,8 +42,8 @@ def _allreduce_worker(rank: int, world: int, port: int, sizes: list[int], repeat
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist.init_process_group(env.dist_backend(), rank=rank, world_size=world)
-    device = env.device()
+    dist.init_process_group(backend, rank=rank, world_size=world)
+    device = env.device() if backend == "nccl" else torch.device("cpu")
     timings: dict[int, float] = {}
     try:
         for size in sizes:
@@ -69,15 +80,16 @@ def measure_allreduce(sizes: list[int], repeats: int = 5, n_ranks: int = 2) -> d
         raise ValueError(f"sizes must be byte counts >= 4, got {sizes}")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "timings.json"
-        mp.spawn(_allreduce_worker, args=(n_ranks, _free_port(), list(sizes), repeats, str(out)),
-                 nprocs=n_ranks, join=True)
+        mp.spawn(_allreduce_worker, args=(n_ranks, _free_port(), _backend(n_ranks), list(sizes), repeats,
+                                          str(out)), nprocs=n_ranks, join=True)
         return {int(k): v for k, v in json.loads(out.read_text()).items()}
 
 
 def measure_loopback_link(sizes: list[int], repeats: int = 5, n_ranks: int = 2) -> tuple[Link, dict[int, float]]:
     """This machine's link between local ranks as a fitted alpha-beta Link, plus the raw timings."""
     timings = measure_allreduce(sizes, repeats, n_ranks)
-    link = fit_alpha_beta(list(timings), list(timings.values()), "all_reduce", n_ranks)
+    fitted = fit_alpha_beta(list(timings), list(timings.values()), "all_reduce", n_ranks)
+    link = Link(f"measured loopback ({_backend(n_ranks)})", fitted.bandwidth, fitted.latency, fitted.note)
     return link, timings
 
 
