@@ -87,6 +87,12 @@ def test_optimizer_and_precision_bytes():
     assert sum(memory.state_bytes_per_param("lion", "fp32").values()) == 12
     assert sum(memory.state_bytes_per_param("sgd", "fp32").values()) == 8
     assert sum(memory.state_bytes_per_param("adamw", "mixed").values()) == 20
+    # DeepSpeed's ZeRO-1/2 optimizer clones an fp32 master partition even of fp32 weights
+    assert sum(memory.state_bytes_per_param("adamw", "fp32", zero_stage=2).values()) == 24
+    assert memory.state_bytes_per_param("adamw", "fp32", zero_stage=3)["master"] == 0
+    assert memory.state_bytes_per_param("adamw", "fp32", zero_stage=3, offload_optimizer=True)["master"] == 4
+    fp32_z3 = memory.model_states(8 * 10**6, precision="fp32", zero_stage=3, gpus_per_node=2)
+    assert fp32_z3.device_total == pytest.approx((4 + 4 + 4 + 8) * 4 * 10**6)
 
 
 def test_offload_moves_states_off_the_device():

@@ -80,13 +80,27 @@ class ModelStateMemory:
         return sum(self.device.values())
 
 
-def state_bytes_per_param(optimizer: str, precision: str) -> dict[str, int]:
-    """Bytes per parameter of each model-state component before any partitioning."""
+def state_bytes_per_param(optimizer: str, precision: str, zero_stage: int = 0,
+                          offload_optimizer: bool = False) -> dict[str, int]:
+    """Bytes per parameter of each model-state component before any partitioning.
+
+    Mixed precision: 16-bit weights and gradients, fp32 master weights, and the fp32 copy of the
+    gradient partition the optimizer steps on. fp32 and amp (autocast casts weights per forward:
+    a buffer) keep fp32 weights and gradients; DeepSpeed's ZeRO-1/2 optimizer still clones an fp32
+    master partition (``single_partition_of_fp32_groups``) and flattens an fp32 gradient partition
+    for the step; stage 3 steps on the fp32 weight partition itself unless it is offloaded.
+    """
+    if optimizer not in OPTIMIZER_STATE_TENSORS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_STATE_TENSORS)}")
     optimizer_bytes = 4 * OPTIMIZER_STATE_TENSORS[optimizer]
-    if precision == "mixed":  # 16-bit model, fp32 master + fp32 gradient partition for the step
+    if precision == "mixed":
         return {"params": 2, "grads": 2, "grads_fp32": 4, "master": 4, "optimizer": optimizer_bytes}
-    # fp32 and amp: weights and gradients are fp32 (autocast casts weights per forward: a buffer)
-    return {"params": 4, "grads": 4, "grads_fp32": 0, "master": 0, "optimizer": optimizer_bytes}
+    if precision not in ("fp32", "amp"):
+        raise ValueError(f"unknown precision {precision!r}; known: fp32, amp, mixed")
+    copies = zero_stage in (1, 2)
+    master = 4 if copies or (zero_stage == 3 and offload_optimizer) else 0
+    grads_fp32 = 4 if zero_stage >= 1 else 0
+    return {"params": 4, "grads": 4, "grads_fp32": grads_fp32, "master": master, "optimizer": optimizer_bytes}
 
 
 def _partitioned(component: str, stage: int) -> bool:
@@ -111,7 +125,8 @@ def model_states(n_params: int, **plan_fields) -> ModelStateMemory:
     """
     plan = MemoryPlan(n_params=n_params, **plan_fields)
     world = plan.world_size
-    per_param = state_bytes_per_param(plan.optimizer, plan.precision)
+    per_param = state_bytes_per_param(plan.optimizer, plan.precision, plan.zero_stage,
+                                      plan.offload_optimizer != "none")
     device: dict[str, float] = {}
     offloaded: dict[str, float] = {}
     nvme = 0.0
