@@ -111,6 +111,7 @@ def test_offload_moves_states_off_the_device():
     (dict(gpus_per_node=0), "gpus_per_node"),
     (dict(offload_param="cpu", zero_stage=2), "offload_param"),
     (dict(offload_optimizer="cpu", zero_stage=0), "offload_optimizer"),
+    (dict(offload_optimizer="nvme", zero_stage=2), "offload_optimizer"),
 ])
 def test_bad_plan_names_the_field(bad, name):
     fields = dict(n_params=10**6) | bad

@@ -54,6 +54,8 @@ class MemoryPlan(BaseModel):
     def _offload_needs_zero(self) -> "MemoryPlan":
         if self.offload_optimizer != "none" and self.zero_stage == 0:
             raise ValueError("offload_optimizer needs zero_stage >= 1 (ZeRO-Offload)")
+        if self.offload_optimizer == "nvme" and self.zero_stage != 3:
+            raise ValueError(f"offload_optimizer 'nvme' needs zero_stage 3 (ZeRO-Infinity), got {self.zero_stage}")
         if self.offload_param != "none" and self.zero_stage != 3:
             raise ValueError(f"offload_param needs zero_stage 3, got zero_stage {self.zero_stage}")
         if self.largest_layer_params > self.n_params:
