@@ -11,9 +11,13 @@ multiply CPU memory by a 1.5 buffer factor. This model counts the same terms, na
 two agree to the byte where they overlap (tests/test_plan.py). Where they differ it is said:
   * stage 3 keeps the reduced 16-bit gradient partition in ``grad_partitions_flat_buffer``
     (deepspeed/runtime/zero/stage3.py), 2 B/param/rank that DeepSpeed's stage-3 estimator
-    leaves out; here it is the component ``grads`` (on the optimizer's device);
+    leaves out; here it is the component ``grads`` (on the optimizer's device), and
+    ``stage3_grad_partition=False`` drops it to reproduce the estimator;
   * DeepSpeed's stage-2 CPU estimate ignores the node count (16 B/param on every node);
-    here offloaded states are split over nodes as in its stage-3 estimator.
+    here offloaded states are split over nodes as in its stage-3 estimator;
+  * the estimators know only fp16/bf16 + Adam; this model also takes fp32 / autocast (where
+    DeepSpeed's ZeRO-1/2 optimizer still keeps fp32 master and gradient copies), Lion and SGD.
+All sizes are bytes; "device" is the accelerator, or the CPU RAM of a rank in CPU-only runs.
 """
 from __future__ import annotations
 
