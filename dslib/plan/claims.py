@@ -71,7 +71,8 @@ def check_mixed_precision_memory_40(n_params: int, shape: dict[str, Any], micro_
     measured = (f"mixed precision saves {smallest['mixed_saving']:+.0%} at micro-batch "
                 f"{smallest['micro_batch']} (activations {smallest['activation_share_fp32']:.0%} of fp32 "
                 f"memory) up to {best['mixed_saving']:+.0%} at micro-batch {best['micro_batch']} "
-                f"(activations {best['activation_share_fp32']:.0%}); {target:.0%} {first}")
+                f"(activations {best['activation_share_fp32']:.0%}; autocast {best['amp_saving']:+.0%}); "
+                f"{target:.0%} {first}")
     note = (f"{n_params / 1e6:.0f}M params, AdamW, ZeRO stage {zero_stage} on {n_devices} device(s), "
             f"seq {shape['seq_len']}, memory {shape.get('memory_length', 0)}. Model states do not shrink: "
             "fp32 needs 16 B/param, DeepSpeed-style mixed precision 20 (16-bit weights and grads + "
