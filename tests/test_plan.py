@@ -254,3 +254,20 @@ def test_loopback_measurement_fits_a_link():
     link, timings = measure.measure_loopback_link([4096, 1 << 22], repeats=2)
     assert set(timings) == {4096, 1 << 22} and all(t > 0 for t in timings.values())
     assert link.bandwidth > 0 and link.latency >= 0 and "loopback" in link.name
+
+
+def test_hierarchical_collectives_reduce_to_flat_rings():
+    nvlink, ib = comm.LINKS["NVLink3 (A100)"], comm.LINKS["InfiniBand HDR 200G"]
+    for kind in comm.COLLECTIVES:
+        one_node = comm.hierarchical_collective_time(kind, 1e9, 8, 1, nvlink, ib)
+        one_gpu = comm.hierarchical_collective_time(kind, 1e9, 1, 8, nvlink, ib)
+        assert one_node == pytest.approx(comm.collective_time(kind, 1e9, 8, nvlink))
+        assert one_gpu == pytest.approx(comm.collective_time(kind, 1e9, 8, ib))
+    # 4 nodes of 8: the slow link carries only 1/8 of the buffer per GPU
+    hier = comm.hierarchical_step_comm_time(1e9, 0, 8, 4, nvlink, ib)
+    assert comm.step_comm_time(1e9, 0, 32, nvlink) < hier < comm.step_comm_time(1e9, 0, 32, ib)
+
+
+def test_unknown_link_is_named():
+    with pytest.raises(ValueError, match="Token Ring"):
+        comm.get_link("Token Ring")

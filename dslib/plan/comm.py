@@ -42,6 +42,13 @@ LINKS: dict[str, Link] = {link.name: link for link in [
 COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather")
 
 
+def get_link(name: str) -> Link:
+    """A link of the table by name; an unknown name is an error listing the known ones."""
+    if name not in LINKS:
+        raise ValueError(f"unknown link {name!r}; known: {', '.join(LINKS)}")
+    return LINKS[name]
+
+
 def _check(n_ranks: int, message_bytes: float) -> None:
     if n_ranks < 1:
         raise ValueError(f"n_ranks must be >= 1, got {n_ranks}")
@@ -96,6 +103,30 @@ def step_comm_time(n_params: float, zero_stage: int, n_ranks: int, link: Link,
                    grad_bytes: int = 2, param_bytes: int = 2, messages: int = 1) -> float:
     """Seconds of communication per step, nothing overlapped, one ring over ``link``."""
     return sum(collective_time(kind, size, n_ranks, link, messages)
+               for _, kind, size in step_collectives(n_params, zero_stage, grad_bytes, param_bytes))
+
+
+def hierarchical_collective_time(collective: str, message_bytes: float, gpus_per_node: int,
+                                 num_nodes: int, intra: Link, inter: Link) -> float:
+    """A collective over nodes of several GPUs, as NCCL runs it across a fabric with one NIC per GPU.
+
+    All-reduce: reduce-scatter inside the node (intra link), all-reduce of each GPU's 1/g shard
+    between nodes (inter link, the g rails in parallel), all-gather inside the node. A
+    reduce-scatter or all-gather is the matching half of that.
+    """
+    shard = message_bytes / gpus_per_node
+    intra_rs = collective_time("reduce_scatter", message_bytes, gpus_per_node, intra)
+    intra_ag = collective_time("all_gather", message_bytes, gpus_per_node, intra)
+    inter_time = collective_time(collective, shard, num_nodes, inter)
+    if collective == "all_reduce":
+        return intra_rs + inter_time + intra_ag
+    return inter_time + (intra_rs if collective == "reduce_scatter" else intra_ag)
+
+
+def hierarchical_step_comm_time(n_params: float, zero_stage: int, gpus_per_node: int, num_nodes: int,
+                                intra: Link, inter: Link, grad_bytes: int = 2, param_bytes: int = 2) -> float:
+    """Seconds of communication per step on a multi-node cluster (NVLink inside, a NIC per GPU between)."""
+    return sum(hierarchical_collective_time(kind, size, gpus_per_node, num_nodes, intra, inter)
                for _, kind, size in step_collectives(n_params, zero_stage, grad_bytes, param_bytes))
 
 

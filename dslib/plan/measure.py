@@ -1,6 +1,6 @@
 """Measure this machine: all-reduce over local ranks (fit alpha and beta) and matmul FLOP/s.
 
-Self-contained (torch.multiprocessing.spawn + a file for rank 0's result) so chapter 02 needs no
+Self-contained (torch.multiprocessing + a file for rank 0's result) so chapter 02 needs no
 launcher; the backend comes from dslib.env (gloo on CPU, nccl on CUDA), falling back to gloo over
 host memory when one GPU would have to hold two ranks.
 """
@@ -72,6 +72,7 @@ def _allreduce_worker(rank: int, world: int, port: int, backend: str, sizes: lis
 
 def measure_allreduce(sizes: list[int], repeats: int = 5, n_ranks: int = 2) -> dict[int, float]:
     """Best-of-``repeats`` seconds of an all-reduce of each buffer size (bytes, fp32) over ``n_ranks`` local ranks."""
+    import torch
     import torch.multiprocessing as mp
 
     if n_ranks < 2:
@@ -80,8 +81,12 @@ def measure_allreduce(sizes: list[int], repeats: int = 5, n_ranks: int = 2) -> d
         raise ValueError(f"sizes must be byte counts >= 4, got {sizes}")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "timings.json"
-        mp.spawn(_allreduce_worker, args=(n_ranks, _free_port(), _backend(n_ranks), list(sizes), repeats,
-                                          str(out)), nprocs=n_ranks, join=True)
+        backend = _backend(n_ranks)
+        # fork saves each rank a fresh torch import (seconds, minutes on a loaded machine); CUDA
+        # cannot survive a fork, so nccl or an initialised CUDA context needs spawn
+        start = "fork" if backend == "gloo" and not torch.cuda.is_initialized() else "spawn"
+        mp.start_processes(_allreduce_worker, args=(n_ranks, _free_port(), backend, list(sizes), repeats,
+                                                    str(out)), nprocs=n_ranks, join=True, start_method=start)
         return {int(k): v for k, v in json.loads(out.read_text()).items()}
 
 
