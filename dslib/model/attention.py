@@ -11,6 +11,7 @@ Score of query i against key j (keys = memory + segment, distance = i + M - j):
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -48,9 +49,13 @@ def rel_shift(scores: torch.Tensor) -> torch.Tensor:
     return padded[..., 1:, :].reshape(*lead, T, S)
 
 
-def causal_mask(T: int, S: int, device=None) -> torch.Tensor:
-    """Bool [T, S], True where query i may see key j (j <= i + S - T)."""
-    return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
+@functools.lru_cache(maxsize=16)
+def future_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
+    """Bool [T, S], True where key j lies in the future of query i (j > i + S - T).
+
+    Cached: built once per shape instead of once per layer and step (read-only).
+    """
+    return torch.ones(T, S, dtype=torch.bool, device=device).triu(S - T + 1)
 
 
 class RelativeAttention(nn.Module):
@@ -94,16 +99,21 @@ class RelativeAttention(nn.Module):
         pos_scores = (q + self.pos_bias_v[:, None]) @ (r.transpose(1, 2) * scale)
         if query_pos is None:
             pos_scores = rel_shift(pos_scores)
-            visible = causal_mask(Q, S, device=q.device)
+            hidden = future_mask(Q, S, q.device)
         else:  # the same index map as rel_shift, for arbitrary query positions
             keys = torch.arange(S, device=q.device)
             column = (S - 1 - query_pos[:, :, None] + keys).clamp(0, S - 1)
             pos_scores = pos_scores.gather(-1, column[:, None].expand_as(pos_scores))
-            visible = (keys <= query_pos[:, :, None])[:, None]
-        bias = pos_scores.masked_fill(~visible, float("-inf"))
-        # content term inside SDPA: (q + u) . k, plus the position term as additive mask
-        out = F.scaled_dot_product_attention(
-            q + self.pos_bias_u[:, None], k, v, attn_mask=bias,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+            hidden = (keys > query_pos[:, :, None])[:, None]
+        # content term added onto the position term in one batched matmul (no copy of
+        # the [B, H, Q, S] scores), then causal mask, softmax and the value product
+        scores = torch.baddbmm(
+            pos_scores.reshape(B * self.num_heads, Q, S),
+            (q + self.pos_bias_u[:, None]).reshape(B * self.num_heads, Q, self.head_dim),
+            k.reshape(B * self.num_heads, S, self.head_dim).transpose(1, 2),
+            alpha=scale,
+        ).view(B, self.num_heads, Q, S)
+        probs = scores.masked_fill_(hidden, float("-inf")).softmax(dim=-1)
+        probs = F.dropout(probs, self.dropout, self.training)
+        out = probs @ v  # [B, H, Q, dh]
         return self.o_proj(out.transpose(1, 2).reshape(B, Q, d))
