@@ -1,0 +1,46 @@
+# The two commands a user needs: `make cookbook` and `make test` (both set up .venv first).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU wheel here; a GPU user installs their own torch into .venv first and it is kept.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+PROFILE ?= cpu
+
+.PHONY: setup test unit notebooks cookbook lab bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@start=$$SECONDS; echo "==> setup: $(VENV)"; \
+	test -x $(PY) || python3 -m venv $(VENV); \
+	if $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "==> keeping the installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	else $(PY) -m pip install -q $(TORCH_SPEC) || exit 1; fi; \
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]' || exit 1; \
+	$(PY) -m pip check || exit 1; \
+	touch $(STAMP); echo "==> setup done in $$((SECONDS - start)) s"
+
+test: setup
+	@start=$$SECONDS; $(PY) -m pytest -v --durations=15; rc=$$?; \
+	echo "==> tests finished in $$((SECONDS - start)) s"; exit $$rc
+
+unit: setup
+	$(PY) -m pytest -v --ignore=tests/test_notebooks.py
+
+notebooks: setup
+	$(PY) -m pytest -v tests/test_notebooks.py
+
+cookbook: setup
+	$(VENV)/bin/dslib cookbook --profile $(PROFILE)
+
+lab: setup
+	$(PY) -m ipykernel install --sys-prefix --name dslib --display-name "dslib (.venv)" >/dev/null
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser --notebook-dir notebooks \
+	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf outputs/cookbook outputs/run-* outputs/lab .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from dslib.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Corpora, tokenizer and the data-governance pipeline."""

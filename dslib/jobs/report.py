@@ -1,0 +1,94 @@
+"""The cookbook report, built only from run records (metrics.json of each run directory).
+
+One section per chapter: status, wall time, figures, metrics, tables and claim checks;
+then the claims ledger, with a "not yet checked" row for any claim no chapter recorded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dslib.jobs.record import load_claims, read_record
+
+MAX_TABLE_ROWS = 25
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: list[dict[str, Any]], max_rows: int = MAX_TABLE_ROWS) -> str:
+    if not rows:
+        return "_(empty)_\n"
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows[:max_rows]]
+    if len(rows) > max_rows:
+        lines.append(f"\n_{len(rows) - max_rows} more rows in metrics.json_")
+    return "\n".join(lines) + "\n"
+
+
+def chapter_section(run_dir: Path, base: Path) -> str:
+    record = read_record(run_dir)
+    info = record.get("run", {})
+    stem = record.get("stem") or run_dir.name
+    status = info.get("status", "missing")
+    out = [f"## {info.get('title', stem)}\n",
+           f"`{stem}` · status **{status}** · profile `{info.get('profile', '?')}` · "
+           f"{info.get('wall_s', '?')} s · commit `{str(info.get('git_commit', ''))[:10]}`"
+           f"{' (dirty tree)' if info.get('git_dirty') else ''}\n"]
+    if info.get("error"):
+        out.append(f"**Failed:** `{info['error']}` (executed notebook: `{run_dir / (stem + '.ipynb')}`)\n")
+    for fig in record.get("figures", []):
+        rel = (run_dir / fig["path"]).relative_to(base) if (run_dir / fig["path"]).is_relative_to(base) \
+            else run_dir / fig["path"]
+        out.append(f"![{fig['name']}]({rel})\n\n{fig.get('caption', '')}\n")
+    metrics = record.get("metrics", {})
+    if metrics:
+        out.append("### Metrics\n")
+        out.append(markdown_table([{"metric": k, "value": v["value"], "unit": v.get("unit", ""),
+                                    "note": v.get("note", "")} for k, v in metrics.items()]))
+    for name, rows in record.get("tables", {}).items():
+        out.append(f"### {name}\n")
+        out.append(markdown_table(rows))
+    return "\n".join(out)
+
+
+def claims_ledger(run_dirs: list[Path]) -> str:
+    checks: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for run_dir in run_dirs:
+        record = read_record(run_dir)
+        for claim_id, check in record.get("claims", {}).items():
+            checks.setdefault(claim_id, []).append((record.get("stem", run_dir.name), check))
+    rows = []
+    for claim_id, claim in load_claims().items():
+        for stem, check in checks.get(claim_id, []) or [("", None)]:
+            rows.append({"claim": claim["claim"], "section": claim["section"], "chapter": stem or "-",
+                         "measured": check["measured"] if check else "-",
+                         "verdict": check["verdict"] if check else "not yet checked",
+                         "note": check.get("note", "") if check else claim["check"]})
+    return "## Claims ledger\n\n" + markdown_table(rows, max_rows=len(rows))
+
+
+def build(run_dirs: list[Path], out_dir: Path, title: str = "The dslib cookbook") -> tuple[Path, Path]:
+    """Write ``index.md`` and ``index.html`` in ``out_dir`` from the given run directories."""
+    import markdown
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_dirs = sorted(run_dirs, key=lambda d: read_record(d).get("stem", d.name))
+    statuses = [read_record(d).get("run", {}).get("status", "missing") for d in run_dirs]
+    summary = markdown_table([{"chapter": read_record(d).get("run", {}).get("title", d.name),
+                               "status": s, "wall_s": read_record(d).get("run", {}).get("wall_s", "")}
+                              for d, s in zip(run_dirs, statuses)], max_rows=len(run_dirs))
+    body = "\n\n".join([f"# {title}\n", summary, claims_ledger(run_dirs),
+                        *(chapter_section(d, out_dir) for d in run_dirs)])
+    md_path, html_path = out_dir / "index.md", out_dir / "index.html"
+    md_path.write_text(body)
+    html = markdown.markdown(body, extensions=["tables", "fenced_code"])
+    html_path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+                         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+                         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}"
+                         "img{max-width:100%}</style></head><body>" + html + "</body></html>")
+    return md_path, html_path

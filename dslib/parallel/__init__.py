@@ -1,0 +1,1 @@
+"""Multi-process runs: the launcher, DeepSpeed/ZeRO, tensor/pipeline/sequence parallel."""

@@ -1,0 +1,139 @@
+"""Run a dslib entry point on N ranks and get rank 0's result back.
+
+``launch("dslib.parallel.demo:all_reduce_sum", nprocs=2)`` starts the ranks with torchrun
+on this machine, or with srun when called inside a Slurm allocation, each running
+``dslib.parallel.worker`` (process group on gloo or nccl, chosen by dslib.env). If a rank
+fails or the timeout passes, the whole process group is killed and ``LaunchError`` names
+the rank and quotes the tail of its stderr; no process is left behind.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dslib.env import REPO_ROOT
+
+TAIL_LINES = 25
+LAUNCHERS = ("auto", "torchrun", "srun")
+
+
+class LaunchError(RuntimeError):
+    """A distributed run failed: which rank, why, and the tail of its stderr."""
+
+    def __init__(self, message: str, rank: int | None = None, stderr_tail: str = "") -> None:
+        super().__init__(message + (f"\n--- stderr of rank {rank} (tail) ---\n{stderr_tail}" if stderr_tail else ""))
+        self.rank = rank
+        self.stderr_tail = stderr_tail
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = TAIL_LINES) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def _rank_logs(log_dir: Path, stream: str) -> dict[int, Path]:
+    """torchrun writes <log_dir>/<run id>/attempt_<k>/<local rank>/<stream>.log."""
+    return {int(p.parent.name): p for p in log_dir.glob(f"**/attempt_*/*/{stream}.log")}
+
+
+def _failed_rank(launcher_err: str, stderr_logs: dict[int, Path]) -> int | None:
+    """The root-cause rank torchrun reports, else the first rank whose stderr has a traceback."""
+    match = re.search(r"Root Cause.*?rank\s*:\s*(\d+)", launcher_err, re.S)
+    if match:
+        return int(match.group(1))
+    for rank in sorted(stderr_logs):
+        if "Traceback" in stderr_logs[rank].read_text(errors="replace"):
+            return rank
+    return None
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def in_slurm_allocation() -> bool:
+    return "SLURM_JOB_ID" in os.environ and "SLURM_NTASKS" in os.environ
+
+
+def _command(launcher: str, nprocs: int, log_dir: Path, worker_args: list[str]) -> tuple[list[str], dict[str, str]]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    worker = ["-m", "dslib.parallel.worker", *worker_args]
+    if launcher == "srun":
+        hosts = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],
+                               capture_output=True, text=True, check=True).stdout.split()
+        env.update(MASTER_ADDR=hosts[0], MASTER_PORT=str(free_port()))
+        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # srun's SLURM_* variables decide these
+            env.pop(var, None)
+        return ["srun", f"--ntasks={nprocs}", "--kill-on-bad-exit=1", sys.executable, *worker], env
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nprocs}", "--nnodes=1",
+            "--master-addr=127.0.0.1", f"--master-port={free_port()}", f"--log-dir={log_dir}",
+            "--redirects=3", *worker], env
+
+
+def launch(entry: str, nprocs: int = 2, kwargs: dict[str, Any] | None = None, timeout: float = 300,
+           launcher: str = "auto", echo_output: bool = False) -> Any:
+    """Run ``entry`` ('package.module:function', called as function(**kwargs)) on ``nprocs`` ranks.
+
+    Returns rank 0's return value. ``launcher``: 'torchrun' (local ranks), 'srun' (ranks of the
+    current Slurm allocation) or 'auto' (srun inside an allocation, else torchrun).
+    """
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
+    if nprocs < 1:
+        raise ValueError(f"nprocs must be >= 1, got {nprocs}")
+    if launcher == "auto":
+        launcher = "srun" if in_slurm_allocation() else "torchrun"
+    with tempfile.TemporaryDirectory(prefix="dslib-launch-") as tmp:
+        work = Path(tmp)
+        (work / "args.pkl").write_bytes(pickle.dumps(kwargs or {}))
+        result_file, log_dir = work / "result.pkl", work / "logs"
+        cmd, env = _command(launcher, nprocs, log_dir, ["--entry", entry, "--args-file", str(work / "args.pkl"),
+                                                        "--result-file", str(result_file)])
+        with open(work / "launcher.out", "w") as out, open(work / "launcher.err", "w") as err:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, start_new_session=True)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                tails = "\n".join(f"--- rank {r} ---\n{_tail(p, 10)}"
+                                  for r, p in sorted(_rank_logs(log_dir, "stderr").items()))
+                raise LaunchError(f"{entry} on {nprocs} ranks timed out after {timeout:.0f} s; all ranks "
+                                  f"were killed\n{tails}") from None
+            finally:
+                _kill_group(proc)  # nothing of the group survives, whatever happened
+        launcher_err = (work / "launcher.err").read_text(errors="replace")
+        stderr_logs = _rank_logs(log_dir, "stderr")
+        if echo_output:
+            for rank, path in sorted(_rank_logs(log_dir, "stdout").items()):
+                print(f"[rank {rank}] " + path.read_text(errors="replace").rstrip().replace("\n", f"\n[rank {rank}] "))
+        if proc.returncode != 0:
+            rank = _failed_rank(launcher_err, stderr_logs)
+            tail = _tail(stderr_logs[rank]) if rank in stderr_logs else "\n".join(launcher_err.splitlines()[-TAIL_LINES:])
+            raise LaunchError(f"{entry} failed on rank {rank if rank is not None else '?'} "
+                              f"({launcher} exit code {proc.returncode})", rank, tail)
+        if not result_file.exists():
+            raise LaunchError(f"{entry}: rank 0 finished without writing a result", 0,
+                              _tail(stderr_logs.get(0, work / "launcher.err")))
+        return pickle.loads(result_file.read_bytes())

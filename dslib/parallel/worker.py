@@ -1,0 +1,63 @@
+"""One rank of a ``dslib.parallel.launch`` run: set up the process group, call the entry.
+
+Started by torchrun (RANK/WORLD_SIZE/LOCAL_RANK set) or by srun under Slurm (SLURM_PROCID,
+SLURM_NTASKS, SLURM_LOCALID mapped to the same variables). Rank 0 pickles the entry's
+return value to the result file; any exception exits non-zero with its traceback on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+SLURM_TO_TORCH = {"SLURM_PROCID": "RANK", "SLURM_NTASKS": "WORLD_SIZE", "SLURM_LOCALID": "LOCAL_RANK"}
+
+
+def resolve_entry(entry: str) -> Callable[..., Any]:
+    """'package.module:function' -> the function."""
+    module_name, sep, func_name = entry.partition(":")
+    if not sep:
+        raise ValueError(f"entry must look like 'package.module:function', got {entry!r}")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def _map_slurm_env() -> None:
+    for slurm, torch_name in SLURM_TO_TORCH.items():
+        if slurm in os.environ and torch_name not in os.environ:
+            os.environ[torch_name] = os.environ[slurm]
+    os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", os.environ["WORLD_SIZE"]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--entry", required=True)
+    parser.add_argument("--args-file", type=Path, required=True)
+    parser.add_argument("--result-file", type=Path, required=True)
+    args = parser.parse_args(argv)
+    _map_slurm_env()
+
+    import torch
+    import torch.distributed as dist
+
+    import dslib  # noqa: F401  (offline env and op cache)
+    from dslib.env import dist_backend
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group(backend=dist_backend())
+    kwargs = pickle.loads(args.args_file.read_bytes())
+    result = resolve_entry(args.entry)(**kwargs)
+    if dist.get_rank() == 0:
+        tmp = args.result_file.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps(result))
+        tmp.replace(args.result_file)
+    dist.destroy_process_group()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The launcher: real ranks on gloo; a failing or hanging rank gives a clear error in time."""
+import subprocess
+import time
+
+import pytest
+
+from dslib.parallel.launch import LaunchError, launch
+
+
+def _workers_alive() -> int:
+    out = subprocess.run(["pgrep", "-f", "dslib.parallel.worker"], capture_output=True, text=True).stdout
+    return len(out.split())
+
+
+def test_two_ranks_all_reduce():
+    result = launch("dslib.parallel.demo:all_reduce_sum", nprocs=2, kwargs={"size": 3}, timeout=120)
+    assert result == {"world_size": 2, "backend": "gloo", "sum": [3.0, 3.0, 3.0]}
+
+
+def test_a_rank_that_exits_names_itself():
+    with pytest.raises(LaunchError) as info:
+        launch("dslib.parallel.demo:fail_on_rank", nprocs=2, kwargs={"rank": 1, "message": "rank one broke"},
+               timeout=120)
+    assert info.value.rank == 1 and "rank 1" in str(info.value)
+    assert "RuntimeError: rank one broke" in info.value.stderr_tail
+    assert _workers_alive() == 0
+
+
+def test_a_hanging_rank_is_killed_at_the_timeout():
+    start = time.monotonic()
+    with pytest.raises(LaunchError, match="timed out after 20 s"):
+        launch("dslib.parallel.demo:hang_on_rank", nprocs=2, kwargs={"rank": 1}, timeout=20)
+    assert time.monotonic() - start < 40
+    assert _workers_alive() == 0
+
+
+def test_bad_arguments_fail_before_any_process():
+    with pytest.raises(ValueError, match="launcher must be one of"):
+        launch("dslib.parallel.demo:all_reduce_sum", launcher="mpirun")
+    with pytest.raises(LaunchError, match="failed on rank 0"):
+        launch("dslib.parallel.demo", nprocs=1, timeout=60)  # no ':function' part
