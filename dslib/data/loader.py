@@ -40,6 +40,10 @@ class StreamLoader:
         """True when the next batch begins the lanes (no earlier segment to remember)."""
         return self.step_in_epoch == 0
 
+    def rewind(self) -> None:
+        """Back to the first segment of the first epoch."""
+        self.step_in_epoch, self.epoch = 0, 0
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         start = self.step_in_epoch * self.seq_len
         window = self.lanes[:, start:start + self.seq_len + 1]
