@@ -144,14 +144,6 @@ def overlapped_step(compute_s: float, comm_s: float, overlap: float = 0.0) -> di
             "step_s": step, "overhead_fraction": exposed / step}
 
 
-def comm_overhead(n_params: float, zero_stage: int, n_ranks: int, link: Link, compute_s: float,
-                  overlap: float = 0.0, grad_bytes: int = 2, param_bytes: int = 2,
-                  messages: int = 1) -> dict[str, float]:
-    """The step of one rank: compute seconds + the stage's communication on ``link``, overlapped."""
-    comm_s = step_comm_time(n_params, zero_stage, n_ranks, link, grad_bytes, param_bytes, messages)
-    return overlapped_step(compute_s, comm_s, overlap)
-
-
 @dataclass(frozen=True)
 class CommSetting:
     """A data-parallel training step on identical devices; defaults: the article's 10B on 8x A100."""
