@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dslib import jobs
 from dslib.data import sources
 from dslib.data.loader import StreamLoader
 from dslib.data.shards import build_shards
@@ -85,17 +86,22 @@ def test_same_seed_same_losses(shards) -> None:
     assert runs[0] != runs[2]
 
 
-def test_eval_loss_decreases(shards) -> None:
+def test_eval_loss_decreases(shards, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSLIB_RUN_DIR", str(tmp_path))
     model = tiny_model(shards.vocab_size)
-    cfg = small_config(steps=40, eval_every=20)
+    cfg = small_config(steps=40, eval_every=20, name="tiny")
     val = StreamLoader(shards.tokens("val"), cfg.batch_size, cfg.seq_len)
     before = evaluate(model, val, cfg.eval_batches)
-    result = train(model, cfg, shards.tokens("train"), shards.tokens("val"), device="cpu")
+    result = train(model, cfg, shards.tokens("train"), shards.tokens("val"), run=jobs.start("03_test"),
+                   device="cpu")
     assert [e["step"] for e in result.evals] == [20, 40]
     assert result.evals[0]["val_loss"] < before - 0.3
     assert result.final_val_loss < result.evals[0]["val_loss"]
     assert [h["step"] for h in result.history] == list(range(5, 41, 5))
     assert all(h["tokens_per_s"] > 0 and h["lr"] > 0 for h in result.history)
+    record = jobs.read_record(tmp_path)
+    assert record["tables"]["tiny_history"] == result.history
+    assert record["metrics"]["tiny_final_val_loss"]["value"] == result.final_val_loss
 
 
 def test_resume_in_process_is_exact(shards, tmp_path: Path) -> None:
