@@ -230,49 +230,52 @@ class Trainer:
         if resumed_from is None:
             seed_everything(cfg.seed)
         self.model.train()
-        start_step, tokens_per_step = self.step, cfg.batch_size * cfg.seq_len
-        self._stat_sums = {}
+        start_step, tokens_per_step, self._stat_sums = self.step, cfg.batch_size * cfg.seq_len, {}
         bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.name, disable=not cfg.progress, leave=False)
         run_start = window_start = time.perf_counter()
-        window_first, eval_seconds = self.step, 0.0
+        window_first, paused_seconds = self.step, 0.0
         while self.step < cfg.steps:
             self.train_step()
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                now = time.perf_counter()
-                self._log(window_first, tokens_per_step / max(now - window_start, 1e-9) * (self.step - window_first),
-                          now - run_start - eval_seconds)
+                self._log(window_first, window_start, run_start + paused_seconds)
                 bar.set_postfix(loss=f"{self.history[-1]['loss']:.3f}", lr=f"{self.history[-1]['lr']:.2e}")
                 window_start, window_first = time.perf_counter(), self.step
             eval_now = self.step == cfg.steps or (cfg.eval_every and self.step % cfg.eval_every == 0)
             checkpoint_now = cfg.out_dir is not None and (
                 self.step == cfg.steps or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0))
-            if eval_now or checkpoint_now:
+            if eval_now or checkpoint_now:  # timed apart: tokens/s counts training only
+                self._synchronize()
                 paused = time.perf_counter()
                 if eval_now and self.evaluate() is not None:
                     bar.set_postfix(loss=f"{self.history[-1]['loss']:.3f}", val=f"{self.evals[-1]['val_loss']:.3f}")
                 if checkpoint_now:
                     self.save()
-                eval_seconds += time.perf_counter() - paused
+                paused_seconds += time.perf_counter() - paused
                 window_start += time.perf_counter() - paused
         bar.close()
+        losses = self.losses.tolist()  # synchronizes
+        train_seconds = time.perf_counter() - run_start - paused_seconds
         ran = self.step - start_step
-        train_seconds = time.perf_counter() - run_start - eval_seconds
-        result = TrainResult(losses=self.losses.tolist(), history=self.history, evals=self.evals,
+        result = TrainResult(losses=losses, history=self.history, evals=self.evals,
                              tokens_per_s=ran * tokens_per_step / train_seconds if ran else 0.0,
                              resumed_from=resumed_from)
         self._record(result)
         return result
 
-    def _log(self, first: int, tokens_per_s: float, elapsed: float) -> None:
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _log(self, first: int, window_start: float, clock_zero: float) -> None:
         """Host syncs once per window: mean loss, last grad norm, mean model stats."""
-        window = slice(first, self.step)
-        loss = self.losses[window].mean().item()
+        loss, n = self.losses[first:self.step].mean().item(), self.step - first  # waits for the window
+        now = time.perf_counter()
         entry = {"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, self.cfg),
-                 "tokens_per_s": tokens_per_s, "elapsed_s": elapsed}
+                 "tokens_per_s": n * self.cfg.batch_size * self.cfg.seq_len / max(now - window_start, 1e-9),
+                 "elapsed_s": now - clock_zero}
         if self.cfg.grad_clip > 0:
             entry["grad_norm"] = self.grad_norms[self.step - 1].item()  # before clipping
-        n = self.step - first
         entry.update({name: float(total) / n for name, total in self._stat_sums.items()})
         self._stat_sums = {}
         self.history.append(entry)
