@@ -102,14 +102,15 @@ def adamw(cfg: TrainConfig) -> OptimizerFactory:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: StreamLoader, batches: int, use_memory: bool = True) -> float:
     """Mean loss over the first ``batches`` segments of ``loader`` (from its start), segment
-    after segment with memory when ``use_memory``. The model's train/eval mode is restored."""
-    was_training = model.training
+    after segment with memory when ``use_memory``. The model's train/eval mode is restored;
+    batches move to the model's device if the loader's lanes live elsewhere."""
+    was_training, device = model.training, next(model.parameters()).device
     model.eval()
     loader.rewind()
     batches = min(batches, loader.steps_per_epoch)
     total, mems = None, None
     for _ in range(batches):
-        idx, targets = loader.next_batch()
+        idx, targets = (t.to(device) for t in loader.next_batch())
         out = model(idx, mems=mems, targets=targets)
         mems = out.mems if use_memory else None
         total = out.loss if total is None else total + out.loss
