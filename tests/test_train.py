@@ -175,3 +175,26 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path: Path, monkeypatch: 
     assert resumed["evals"] == expected["evals"]
     final = [torch.load(checkpoint_path(d, steps), weights_only=True)["model"] for d in (reference, killed)]
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+
+
+class MemoryProbe(torch.nn.Module):
+    """The real model, recording whether each training call got memories."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.got_memory = model, []
+
+    def forward(self, idx, mems=None, targets=None):
+        if self.training:
+            self.got_memory.append(mems is not None)
+        return self.model(idx, mems=mems, targets=targets)
+
+
+@pytest.mark.parametrize("use_memory", [True, False])
+def test_memory_is_carried_within_an_epoch_and_dropped_at_wrap(shards, use_memory: bool) -> None:
+    cfg = small_config(steps=7, batch_size=2, seq_len=16, eval_every=0, use_memory=use_memory)
+    tokens = shards.tokens("train")[: 2 * (3 * 16 + 1)]  # three segments per epoch
+    probe = MemoryProbe(tiny_model(shards.vocab_size))
+    train(probe, cfg, tokens, device="cpu")
+    expected = [False, True, True] * 2 + [False] if use_memory else [False] * 7
+    assert probe.got_memory == expected
