@@ -20,7 +20,8 @@ from dslib.data.tokenizer import get_tokenizer
 from dslib.env import REPO_ROOT
 from dslib.model import TransformerXL, load_config
 from dslib.train.__main__ import main as cli_main
-from dslib.train import TrainConfig, Trainer, evaluate, latest_checkpoint, lr_at, seed_everything, train
+from dslib.train import (TrainConfig, Trainer, evaluate, latest_checkpoint, load_checkpoint, lr_at,
+                         seed_everything, train)
 from dslib.train.checkpoint import checkpoint_path, list_checkpoints
 
 torch.set_num_threads(1)  # exact float equality across runs and processes needs a fixed thread count
@@ -177,24 +178,37 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path: Path, monkeypatch: 
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
 
 
-class MemoryProbe(torch.nn.Module):
-    """The real model, recording whether each training call got memories."""
+class Probe(torch.nn.Module):
+    """The real model, recording whether each training call got memories, and its logits' dtype."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
-        self.model, self.got_memory = model, []
+        self.model, self.got_memory, self.logits_dtypes = model, [], []
 
     def forward(self, idx, mems=None, targets=None):
+        out = self.model(idx, mems=mems, targets=targets)
         if self.training:
             self.got_memory.append(mems is not None)
-        return self.model(idx, mems=mems, targets=targets)
+            self.logits_dtypes.append(out.logits.dtype)
+        return out
 
 
 @pytest.mark.parametrize("use_memory", [True, False])
 def test_memory_is_carried_within_an_epoch_and_dropped_at_wrap(shards, use_memory: bool) -> None:
     cfg = small_config(steps=7, batch_size=2, seq_len=16, eval_every=0, use_memory=use_memory)
     tokens = shards.tokens("train")[: 2 * (3 * 16 + 1)]  # three segments per epoch
-    probe = MemoryProbe(tiny_model(shards.vocab_size))
+    probe = Probe(tiny_model(shards.vocab_size))
     train(probe, cfg, tokens, device="cpu")
     expected = [False, True, True] * 2 + [False] if use_memory else [False] * 7
     assert probe.got_memory == expected
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_mixed_precision_runs_under_autocast(shards, tmp_path: Path, precision: str, dtype: torch.dtype) -> None:
+    cfg = small_config(steps=3, warmup_steps=1, eval_every=0, precision=precision, out_dir=tmp_path)
+    probe = Probe(tiny_model(shards.vocab_size))
+    result = train(probe, cfg, shards.tokens("train"), device="cpu")
+    assert probe.logits_dtypes == [dtype] * 3
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    scaler = load_checkpoint(latest_checkpoint(tmp_path))["scaler"]
+    assert (scaler["scale"] > 0) if precision == "fp16" else scaler == {}
