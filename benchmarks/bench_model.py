@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -83,6 +84,7 @@ def main() -> None:
         Variant("txl_memory", TransformerXL(config), B, T, config.vocab_size,
                 flops_per_token(config, with_memory=True)),
     ]
+    load_before = os.getloadavg()[0]
     peaks = [matmul_peak()]
     for v in variants:  # warm-up; txl_memory also fills its memory
         v.step(), v.step()
@@ -107,6 +109,8 @@ def main() -> None:
         "parameters": count_parameters(config), "matmul_peak_gflops": peak / 1e9,
         "matmul_peaks_gflops": [p / 1e9 for p in peaks], "variants": rows,
         "steps_timed_per_variant": args.rounds * args.steps_per_round,
+        # other processes on the machine distort every number: read them with the load
+        "load_average_1min": [load_before, os.getloadavg()[0]],
     }
     out_dir = outputs_dir() / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +122,9 @@ def main() -> None:
         f"fp32 matmul peak measured in this run: {peak / 1e9:.1f} GFLOP/s "
         f"(start/end: {', '.join(f'{p / 1e9:.1f}' for p in peaks)}); "
         f"{count_parameters(config) / 1e6:.2f}M parameters; median of "
-        f"{args.rounds * args.steps_per_round} steps per variant.",
+        f"{args.rounds * args.steps_per_round} steps per variant; 1-min load average "
+        f"{result['load_average_1min'][0]:.1f} -> {result['load_average_1min'][1]:.1f} on "
+        f"{os.cpu_count()} CPUs.",
         "",
         "| variant | step (s) | tokens/s | GFLOP/token | GFLOP/s | MFU | step time vs gpt |",
         "|---|---|---|---|---|---|---|",
