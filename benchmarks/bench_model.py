@@ -9,7 +9,10 @@ Variants are interleaved round by round so machine load hits them alike.
 MFU = tokens/s * flops_per_token(config) / measured peak (dslib.model.flops).
 Writes outputs/bench/model.json and model.md.
 
-    PYTHONPATH=. python benchmarks/bench_model.py [--config small] [--batch-size 8]
+    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python benchmarks/bench_model.py [--config small]
+
+OMP_WAIT_POLICY=PASSIVE matters on a shared machine: spinning OpenMP threads make
+2 threads many times slower than 1 when other processes compete for the cores.
 """
 from __future__ import annotations
 
@@ -138,6 +141,9 @@ def main() -> None:
         "steps_timed_per_variant": args.rounds * args.steps_per_round,
         # other processes on the machine distort every number: read them with the load
         "load_average_1min": [load_before, os.getloadavg()[0]],
+        # PASSIVE keeps OpenMP threads from spinning: on a loaded machine the default
+        # spinning makes 2 threads many times slower than 1
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
     }
     out_dir = outputs_dir() / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +157,7 @@ def main() -> None:
         f"{count_parameters(config) / 1e6:.2f}M parameters; median of "
         f"{args.rounds * args.steps_per_round} steps per variant; 1-min load average "
         f"{result['load_average_1min'][0]:.1f} -> {result['load_average_1min'][1]:.1f} on "
-        f"{os.cpu_count()} CPUs.",
+        f"{os.cpu_count()} CPUs; OMP_WAIT_POLICY={result['omp_wait_policy']}.",
         "",
         "| variant | step (s) | tokens/s | GFLOP/token | GFLOP/s | MFU | step time vs gpt |",
         "|---|---|---|---|---|---|---|",
