@@ -212,3 +212,10 @@ def test_mixed_precision_runs_under_autocast(shards, tmp_path: Path, precision: 
     assert all(torch.isfinite(torch.tensor(result.losses)))
     scaler = load_checkpoint(latest_checkpoint(tmp_path))["scaler"]
     assert (scaler["scale"] > 0) if precision == "fp16" else scaler == {}
+
+
+def test_eval_before_the_first_log_with_a_progress_bar(shards) -> None:
+    """An evaluation due before any history entry exists must not break the progress bar."""
+    cfg = small_config(steps=6, eval_every=3, log_every=10, progress=True, warmup_steps=2)
+    result = train(tiny_model(shards.vocab_size), cfg, shards.tokens("train"), shards.tokens("val"))
+    assert [e["step"] for e in result.evals] == [3, 6]

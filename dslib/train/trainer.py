@@ -190,8 +190,9 @@ class Trainer:
             if eval_now or checkpoint_now:  # timed apart: tokens/s counts training only
                 self._synchronize()
                 paused = time.perf_counter()
-                if eval_now and self.evaluate() is not None:
-                    bar.set_postfix(loss=f"{self.history[-1]['loss']:.3f}", val=f"{self.evals[-1]['val_loss']:.3f}")
+                if eval_now and self.evaluate() is not None:  # an eval may come before the first log
+                    bar.set_postfix(val=f"{self.evals[-1]['val_loss']:.3f}",
+                                    **({"loss": f"{self.history[-1]['loss']:.3f}"} if self.history else {}))
                 if checkpoint_now:
                     self.save()
                 paused_seconds += time.perf_counter() - paused
