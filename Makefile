@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PROFILE ?= cpu
+# Idle OpenMP threads sleep instead of spinning (see dslib/env.py); set before torch loads.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup test unit notebooks cookbook lab bench clean
 
@@ -13,6 +15,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@start=$$SECONDS; echo "==> setup: $(VENV)"; \
+	scripts/system-deps.sh; \
 	test -x $(PY) || python3 -m venv $(VENV); \
 	if $(PY) -c "import torch" 2>/dev/null; then \
 	  echo "==> keeping the installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
