@@ -77,6 +77,20 @@ def test_loss_is_mean_cross_entropy_and_none_without_targets():
     assert model.head.weight is model.embed.weight
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("memory", [False, True])
+def test_forward_backward_under_autocast(dtype, memory):
+    """Mixed precision (chapter 07) trains this model: in-place score ops must keep up with autocast."""
+    model = TransformerXL(load_config("tiny", memory_length=8))
+    idx = torch.randint(0, 512, (2, 8))
+    mems = model(idx).mems if memory else None
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(idx, mems=mems, targets=idx)
+    out.loss.backward()
+    assert out.logits.dtype == dtype and torch.isfinite(out.loss)
+    assert all(p.grad is not None for p in model.blocks[0].attn.parameters())
+
+
 def _gated(granularity, penalty=0.0):
     return load_config("tiny", gate={"enabled": True, "penalty": penalty, "granularity": granularity})
 

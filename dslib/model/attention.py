@@ -121,7 +121,8 @@ class RelativeAttention(nn.Module):
         # content term accumulated in place onto the position term (one batched matmul,
         # no copy of the [B, H, Q, S] scores), then causal mask, softmax, values
         scores = pos_scores.reshape(B * self.num_heads, Q, S).baddbmm_(
-            (q + self.pos_bias_u[:, None]).reshape(B * self.num_heads, Q, self.head_dim),
+            # in-place ops are not autocast: match the dtype the scores got (bf16 under autocast)
+            (q + self.pos_bias_u[:, None]).to(pos_scores.dtype).reshape(B * self.num_heads, Q, self.head_dim),
             k.reshape(B * self.num_heads, S, self.head_dim).transpose(1, 2),
             alpha=scale,
         ).view(B, self.num_heads, Q, S)
