@@ -27,12 +27,10 @@ from dslib.data.loader import StreamLoader
 from dslib.env import device as default_device
 from dslib.jobs.record import Run, write_json_atomic
 from dslib.train import checkpoint as ckpt
+from dslib.train import precision
 from dslib.train.recipe import OptimizerFactory, TrainConfig, adamw, lr_at, param_groups, seed_everything
 
 RESULT_FILE = "result.json"
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: StreamLoader, batches: int, use_memory: bool = True) -> float:
     """Mean loss over the first ``batches`` segments of ``loader`` (from its start), segment
@@ -84,9 +82,8 @@ class Trainer:
         for group in self.optimizer.param_groups:  # cfg.lr is the peak for every optimizer
             group["lr"] = cfg.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, cfg) / cfg.lr)
-        self.autocast_dtype = AUTOCAST_DTYPES[cfg.precision]
-        # fp16 gradients underflow without loss scaling; disabled, the scaler is a pass-through
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        # fp16 gradients underflow without loss scaling; for fp32/bf16 the scaler is a pass-through
+        self.scaler = precision.make_grad_scaler(self.device, cfg.precision)
         self.step = 0
         self.mems: list[torch.Tensor] | None = None
         self.losses = torch.zeros(cfg.steps, device=self.device)
@@ -142,7 +139,7 @@ class Trainer:
         if self.loader.at_start or not cfg.use_memory:
             self.mems = None  # a new pass over the lanes: nothing earlier to remember
         idx, targets = self.loader.next_batch()
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+        with precision.autocast(self.device, cfg.precision):  # LayerNorm/softmax/loss stay FP32
             out = self.model(idx, mems=self.mems, targets=targets)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss + out.aux_loss).backward()
