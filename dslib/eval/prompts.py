@@ -1,0 +1,88 @@
+"""Domain prompt tests: multiple-choice continuations scored by log-likelihood.
+
+An item is a context cut from a held-out document of one domain, its true next words,
+and distractors: the same number of words cut from other held-out documents of the same
+domain. A model that fits the domain gives the true continuation the highest
+log-likelihood (`acc`); `acc_norm` divides by the continuation's UTF-8 bytes first, so
+short distractors gain nothing (lm-evaluation-harness's two accuracies). Chance is
+1 / number of choices.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dslib.eval.lm import LM
+
+
+@dataclass(frozen=True)
+class MultipleChoice:
+    domain: str
+    context: str
+    choices: tuple[str, ...]
+    answer: int  # index of the true continuation in choices
+
+
+def _window(words: list[str], rng: random.Random, length: int) -> list[str]:
+    start = rng.randrange(len(words) - length + 1)
+    return words[start:start + length]
+
+
+def continuation_suite(texts: Sequence[str], domain: str, n_items: int, n_choices: int = 4,
+                       context_words: int = 16, continuation_words: int = 6,
+                       seed: int = 0) -> list[MultipleChoice]:
+    """Items from `texts` (held-out documents of one domain; each needs context_words +
+    continuation_words words to serve as an item, and continuation_words to give a distractor)."""
+    rng = random.Random(f"{domain}:{seed}")
+    docs = [t.split() for t in texts]
+    usable = [i for i, w in enumerate(docs) if len(w) >= context_words + continuation_words]
+    if len(docs) < n_choices or not usable:
+        raise ValueError(f"{domain}: too few usable documents for {n_choices}-way items")
+    items = []
+    for doc in rng.sample(usable, min(n_items, len(usable))):
+        words = _window(docs[doc], rng, context_words + continuation_words)
+        others = [i for i in rng.sample(range(len(docs)), len(docs)) if i != doc
+                  and len(docs[i]) >= continuation_words][:n_choices - 1]
+        choices = [words[context_words:]] + [_window(docs[i], rng, continuation_words) for i in others]
+        order = list(range(len(choices)))
+        rng.shuffle(order)
+        items.append(MultipleChoice(domain, " ".join(words[:context_words]),
+                                    tuple(" " + " ".join(choices[j]) for j in order), order.index(0)))
+    return items
+
+
+def build_suites(held_out: Mapping[str, Sequence[str]], n_items: int, seed: int = 0,
+                 **kwargs) -> dict[str, list[MultipleChoice]]:
+    """One suite per domain from {domain: held-out texts}."""
+    return {domain: continuation_suite(texts, domain, n_items, seed=seed, **kwargs)
+            for domain, texts in held_out.items()}
+
+
+def score_items(lm: LM, items: Sequence[MultipleChoice],
+                contexts: Sequence[str] | None = None) -> dict[str, float]:
+    """acc and acc_norm of `lm` on items; `contexts` replaces the items' contexts (attacks)."""
+    contexts = contexts if contexts is not None else [it.context for it in items]
+    requests = [(ctx, choice) for ctx, it in zip(contexts, items) for choice in it.choices]
+    return accuracy_from_loglikelihoods(items, lm.loglikelihoods(requests))
+
+
+def accuracy_from_loglikelihoods(items: Sequence[MultipleChoice], lls: Sequence[float]) -> dict[str, float]:
+    """acc / acc_norm from the flat list of log-likelihoods, item by item, choice by choice."""
+    correct, correct_norm, pos = 0, 0, 0
+    for it in items:
+        ll = np.asarray(lls[pos:pos + len(it.choices)])
+        per_byte = ll / np.asarray([len(c.encode("utf-8")) for c in it.choices])
+        correct += int(ll.argmax() == it.answer)
+        correct_norm += int(per_byte.argmax() == it.answer)
+        pos += len(it.choices)
+    n = max(len(items), 1)
+    return {"acc": correct / n, "acc_norm": correct_norm / n, "n": len(items),
+            "chance": float(np.mean([1 / len(it.choices) for it in items])) if items else float("nan")}
+
+
+def evaluate_suites(lm: LM, suites: Mapping[str, Sequence[MultipleChoice]]) -> list[dict]:
+    """One row per domain: domain, acc, acc_norm, n, chance."""
+    return [{"domain": domain, **score_items(lm, items)} for domain, items in suites.items()]
