@@ -233,3 +233,42 @@ def test_hotflip_flips_budgeted_tokens_and_raises_the_loss(tiny_lm):
     clean = tiny_lm.loglikelihood_tokens(pairs)
     attacked = tiny_lm.loglikelihood_tokens([(h[-1], x) for h, (_, x) in zip(histories, pairs)])
     assert all(a < c for a, c in zip(attacked, clean))
+
+
+def test_translation_pairs_and_held_out_split(tmp_path):
+    from dslib.data.shards import build_shards
+    from dslib.data.tokenizer import get_tokenizer
+    from dslib.eval import corpus, translation
+
+    pairs = translation.verse_pairs(limit=3)
+    assert pairs[0][0].startswith("In the beginning God created") and pairs[0][1].endswith("the heavens and the earth.")
+    doc = translation.pair_document(*pairs[1])
+    assert translation.split_document(doc) == pairs[1] and doc.startswith(translation.prompt(pairs[1][0]))
+    texts, labels = corpus.flatten({"a": TEXTS[:3], "b": TEXTS[3:]})
+    held = corpus.held_out(texts, labels, val_fraction=0.4, seed=1)
+    tok = get_tokenizer(TEXTS, 300, cache=tmp_path)
+    shards = build_shards(texts, tok, val_fraction=0.4, seed=1, cache=tmp_path)
+    val_docs = [t for t in texts if t in held["a"] + held["b"]]  # corpus order, as the shards keep it
+    expected = sum((tok.encode(t) + [tok.eos_id] for t in val_docs), [])
+    assert shards.tokens("val").tolist() == expected and sum(map(len, held.values())) == 2
+
+
+def test_score_outputs_copy_of_reference_is_perfect():
+    from dslib.eval.translation import score_outputs
+
+    refs = ["God said, Let there be light.", "Jesus wept."]
+    perfect = score_outputs(refs, refs)
+    assert perfect["bleu"] == pytest.approx(100.0) and perfect["exact_match"] == 100.0 and perfect["token_f1"] == 100.0
+    assert score_outputs(["nothing alike", "at all"], refs)["token_f1"] == 0.0
+
+
+def test_cross_domain_distractors_come_from_other_domains():
+    from dslib.eval.prompts import build_suites
+
+    held = {"bible": [TEXTS[0], TEXTS[3]], "medical": [TEXTS[1], TEXTS[4]], "plays": [TEXTS[2]]}
+    suites = build_suites(held, n_items=2, n_choices=3, context_words=6, continuation_words=4, distractors="other")
+    for domain, items in suites.items():
+        for it in items:
+            for k, choice in enumerate(it.choices):
+                owners = {d for d, docs in held.items() for t in docs if choice.strip() in t}
+                assert (owners == {domain}) if k == it.answer else (domain not in owners)

@@ -1,8 +1,9 @@
 """Domain prompt tests: multiple-choice continuations scored by log-likelihood.
 
 An item is a context cut from a held-out document of one domain, its true next words,
-and distractors: the same number of words cut from other held-out documents of the same
-domain. A model that fits the domain gives the true continuation the highest
+and distractors: the same number of words cut from other held-out documents, of the same
+domain (hard: only coherence tells them apart) or of the other domains (easy: the register
+alone does). A model that fits the domain gives the true continuation the highest
 log-likelihood (`acc`); `acc_norm` divides by the continuation's UTF-8 bytes first, so
 short distractors gain nothing (lm-evaluation-harness's two accuracies). Chance is
 1 / number of choices.
@@ -33,20 +34,22 @@ def _window(words: list[str], rng: random.Random, length: int) -> list[str]:
 
 def continuation_suite(texts: Sequence[str], domain: str, n_items: int, n_choices: int = 4,
                        context_words: int = 16, continuation_words: int = 6,
-                       seed: int = 0) -> list[MultipleChoice]:
+                       seed: int = 0, distractor_texts: Sequence[str] | None = None) -> list[MultipleChoice]:
     """Items from `texts` (held-out documents of one domain; each needs context_words +
-    continuation_words words to serve as an item, and continuation_words to give a distractor)."""
+    continuation_words words to serve as an item). Distractors come from the other documents
+    of `texts`, or from `distractor_texts` when given."""
     rng = random.Random(f"{domain}:{seed}")
     docs = [t.split() for t in texts]
+    pool = docs if distractor_texts is None else [t.split() for t in distractor_texts]
     usable = [i for i, w in enumerate(docs) if len(w) >= context_words + continuation_words]
-    if len(docs) < n_choices or not usable:
+    candidates = [w for w in pool if len(w) >= continuation_words]
+    if len(candidates) < n_choices or not usable:
         raise ValueError(f"{domain}: too few usable documents for {n_choices}-way items")
     items = []
     for doc in rng.sample(usable, min(n_items, len(usable))):
         words = _window(docs[doc], rng, context_words + continuation_words)
-        others = [i for i in rng.sample(range(len(docs)), len(docs)) if i != doc
-                  and len(docs[i]) >= continuation_words][:n_choices - 1]
-        choices = [words[context_words:]] + [_window(docs[i], rng, continuation_words) for i in others]
+        others = [w for w in rng.sample(candidates, n_choices) if w is not docs[doc]][:n_choices - 1]
+        choices = [words[context_words:]] + [_window(w, rng, continuation_words) for w in others]
         order = list(range(len(choices)))
         rng.shuffle(order)
         items.append(MultipleChoice(domain, " ".join(words[:context_words]),
@@ -55,9 +58,14 @@ def continuation_suite(texts: Sequence[str], domain: str, n_items: int, n_choice
 
 
 def build_suites(held_out: Mapping[str, Sequence[str]], n_items: int, seed: int = 0,
-                 **kwargs) -> dict[str, list[MultipleChoice]]:
-    """One suite per domain from {domain: held-out texts}."""
-    return {domain: continuation_suite(texts, domain, n_items, seed=seed, **kwargs)
+                 distractors: str = "same", **kwargs) -> dict[str, list[MultipleChoice]]:
+    """One suite per domain from {domain: held-out texts}; distractors "same" (domain) or "other"."""
+    if distractors not in ("same", "other"):
+        raise ValueError(f"distractors must be 'same' or 'other', got {distractors!r}")
+    return {domain: continuation_suite(
+                texts, domain, n_items, seed=seed, **kwargs,
+                distractor_texts=None if distractors == "same" else
+                [t for other, docs in held_out.items() if other != domain for t in docs])
             for domain, texts in held_out.items()}
 
 
