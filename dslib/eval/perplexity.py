@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dslib.eval.registry import load_metric
+
 MODES = ("memory", "segments", "sliding")
 
 
@@ -79,8 +81,6 @@ def perplexity(model: nn.Module, tokenizer, texts: Sequence[str], seq_len: int, 
                stride: int | None = None) -> dict:
     """Perplexity of `texts` (read as one stream) through the local `perplexity` metric module:
     token perplexity, bits per byte, and per-document perplexities."""
-    from dslib.eval.registry import load_metric
-
     ids, owner, num_bytes = document_stream(texts, tokenizer)
     nlls = token_nlls(model, ids, seq_len, mode, stride).cpu().numpy()
     bounds = np.searchsorted(np.asarray(owner), np.arange(len(texts) + 1))
