@@ -190,9 +190,12 @@ def test_continuation_suite_items_are_true_continuations():
         source = [t for t in TEXTS if (it.context + it.choices[it.answer]) in t]
         assert len(source) == 1 and len(it.choices) == 3
         assert all(choice.strip() not in source[0] for k, choice in enumerate(it.choices) if k != it.answer)
-    scores = accuracy_from_loglikelihoods(items, [0.0 if k == it.answer else -5.0
-                                                  for it in items for k in range(3)])
-    assert scores["acc"] == 1.0 and scores["chance"] == pytest.approx(1 / 3)
+    lls = [0.0 if k == it.answer else -5.0 for it in items for k in range(3)]
+    scores = accuracy_from_loglikelihoods(items, lls)
+    assert scores["acc"] == 1.0 and scores["chance"] == pytest.approx(1 / 3) and "acc_pmi" not in scores
+    # the true continuation is likely anyway (prior 0): the context adds nothing to it, so PMI ranks it last
+    priors = [0.0 if k == it.answer else -9.0 for it in items for k in range(3)]
+    assert accuracy_from_loglikelihoods(items, lls, priors)["acc_pmi"] == 0.0
 
 
 SENTENCE = " ".join(TEXTS)

@@ -43,6 +43,9 @@ class DslibLM(LM):
     def __init__(self, model: nn.Module, tokenizer, max_length: int, batch_size: int = 32) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_length, self.batch_size = max_length, batch_size
+        gate = getattr(getattr(model, "config", None), "gate", None)
+        if gate is not None and gate.enabled and gate.granularity == "sequence":
+            self.batch_size = 1  # a per-sequence gate decides on the segment mean: padding would move it
         self.device = next(model.parameters()).device
 
     @property

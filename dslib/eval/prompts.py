@@ -5,8 +5,10 @@ and distractors: the same number of words cut from other held-out documents, of 
 domain (hard: only coherence tells them apart) or of the other domains (easy: the register
 alone does). A model that fits the domain gives the true continuation the highest
 log-likelihood (`acc`); `acc_norm` divides by the continuation's UTF-8 bytes first, so
-short distractors gain nothing (lm-evaluation-harness's two accuracies). Chance is
-1 / number of choices.
+short distractors gain nothing (lm-evaluation-harness's two accuracies). `acc_pmi` ranks by
+log p(continuation | context) - log p(continuation | nothing): what the context adds, so
+a continuation that is likely anyway (a domain the model saw most of) does not win by
+its prior alone (the harness's acc_mutual_info). Chance is 1 / number of choices.
 """
 from __future__ import annotations
 
@@ -69,25 +71,34 @@ def build_suites(held_out: Mapping[str, Sequence[str]], n_items: int, seed: int 
             for domain, texts in held_out.items()}
 
 
-def score_items(lm: LM, items: Sequence[MultipleChoice],
-                contexts: Sequence[str] | None = None) -> dict[str, float]:
-    """acc and acc_norm of `lm` on items; `contexts` replaces the items' contexts (attacks)."""
-    contexts = contexts if contexts is not None else [it.context for it in items]
-    requests = [(ctx, choice) for ctx, it in zip(contexts, items) for choice in it.choices]
-    return accuracy_from_loglikelihoods(items, lm.loglikelihoods(requests))
+def choice_priors(lm: LM, items: Sequence[MultipleChoice]) -> list[float]:
+    """log p(choice | empty context) of every choice, item by item (for acc_pmi)."""
+    return lm.loglikelihoods([("", choice) for it in items for choice in it.choices])
 
 
-def accuracy_from_loglikelihoods(items: Sequence[MultipleChoice], lls: Sequence[float]) -> dict[str, float]:
-    """acc / acc_norm from the flat list of log-likelihoods, item by item, choice by choice."""
-    correct, correct_norm, pos = 0, 0, 0
+def score_items(lm: LM, items: Sequence[MultipleChoice]) -> dict[str, float]:
+    """acc, acc_norm and acc_pmi of `lm` on items."""
+    lls = lm.loglikelihoods([(it.context, choice) for it in items for choice in it.choices])
+    return accuracy_from_loglikelihoods(items, lls, choice_priors(lm, items))
+
+
+def accuracy_from_loglikelihoods(items: Sequence[MultipleChoice], lls: Sequence[float],
+                                 priors: Sequence[float] | None = None) -> dict[str, float]:
+    """acc / acc_norm (and acc_pmi, given the priors) from flat lists of log-likelihoods,
+    item by item, choice by choice."""
+    correct = {"acc": 0, "acc_norm": 0, "acc_pmi": 0}
+    pos = 0
     for it in items:
         ll = np.asarray(lls[pos:pos + len(it.choices)])
-        per_byte = ll / np.asarray([len(c.encode("utf-8")) for c in it.choices])
-        correct += int(ll.argmax() == it.answer)
-        correct_norm += int(per_byte.argmax() == it.answer)
+        scores = {"acc": ll, "acc_norm": ll / np.asarray([len(c.encode("utf-8")) for c in it.choices])}
+        if priors is not None:
+            scores["acc_pmi"] = ll - np.asarray(priors[pos:pos + len(it.choices)])
+        for name, score in scores.items():
+            correct[name] += int(score.argmax() == it.answer)
         pos += len(it.choices)
     n = max(len(items), 1)
-    return {"acc": correct / n, "acc_norm": correct_norm / n, "n": len(items),
+    out = {name: correct[name] / n for name in correct if name != "acc_pmi" or priors is not None}
+    return {**out, "n": len(items),
             "chance": float(np.mean([1 / len(it.choices) for it in items])) if items else float("nan")}
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from dslib.eval.lm import DslibLM, LM
-from dslib.eval.prompts import MultipleChoice, accuracy_from_loglikelihoods
+from dslib.eval.prompts import MultipleChoice, accuracy_from_loglikelihoods, choice_priors
 
 Perturbation = Callable[[str, float, int], str]
 
@@ -149,42 +149,47 @@ def _context_gradients(lm: DslibLM, contexts: list[list[int]], targets: list[lis
     return grad.detach()
 
 
-def _row(kind: str, rate: float, items: Sequence[MultipleChoice], lls: Sequence[float]) -> dict:
+def _row(kind: str, rate: float, items: Sequence[MultipleChoice], lls: Sequence[float],
+         priors: Sequence[float]) -> dict:
     """Accuracy, and the byte perplexity of the true continuations (clean) given the contexts."""
     true_ll, true_bytes, pos = 0.0, 0, 0
     for it in items:
         true_ll += lls[pos + it.answer]
         true_bytes += len(it.choices[it.answer].encode("utf-8"))
         pos += len(it.choices)
-    return {"attack": kind, "rate": rate, **accuracy_from_loglikelihoods(items, lls),
+    return {"attack": kind, "rate": rate, **accuracy_from_loglikelihoods(items, lls, priors),
             "byte_perplexity": float(np.exp(-true_ll / true_bytes))}
 
 
 def robustness_curves(lm: LM, items: Sequence[MultipleChoice], rates: Sequence[float],
                       attacks: Sequence[str] = (*PERTURBATIONS, "hotflip"), seed: int = 0) -> list[dict]:
-    """One row per (attack, rate): acc, acc_norm and the byte perplexity of the true
-    continuation, with the contexts attacked and the continuations clean; `acc_retained` and
-    `perplexity_ratio` compare with the clean contexts. Text attacks perturb a `rate` share
+    """One row per (attack, rate): acc, acc_norm, acc_pmi and the byte perplexity of the true
+    continuation, with the contexts attacked and the continuations clean; `acc_retained`,
+    `acc_pmi_retained` and `perplexity_ratio` compare with the clean contexts. Text attacks perturb a `rate` share
     of the context's words (letters for case); hotflip flips a `rate` share of its tokens
     and needs a `DslibLM` (gradients)."""
-    clean = _row("none", 0.0, items, lm.loglikelihoods([(it.context, c) for it in items for c in it.choices]))
+    priors = choice_priors(lm, items)  # the contexts change, the continuations do not
+    clean = _row("none", 0.0, items, lm.loglikelihoods([(it.context, c) for it in items for c in it.choices]),
+                 priors)
     rows = []
     for attack in attacks:
         if attack == "hotflip":
-            rows += _hotflip_rows(lm, items, rates)
+            rows += _hotflip_rows(lm, items, rates, priors)
             continue
         perturb = PERTURBATIONS[attack]
         for rate in rates:
             contexts = [perturb(it.context, rate, seed + i) for i, it in enumerate(items)]
             lls = lm.loglikelihoods([(ctx, c) for ctx, it in zip(contexts, items) for c in it.choices])
-            rows.append(_row(attack, rate, items, lls))
+            rows.append(_row(attack, rate, items, lls, priors))
     for row in rows:
         row["acc_retained"] = row["acc"] / clean["acc"] if clean["acc"] else float("nan")
+        row["acc_pmi_retained"] = row["acc_pmi"] / clean["acc_pmi"] if clean["acc_pmi"] else float("nan")
         row["perplexity_ratio"] = row["byte_perplexity"] / clean["byte_perplexity"]
     return rows
 
 
-def _hotflip_rows(lm: DslibLM, items: Sequence[MultipleChoice], rates: Sequence[float]) -> list[dict]:
+def _hotflip_rows(lm: DslibLM, items: Sequence[MultipleChoice], rates: Sequence[float],
+                  priors: Sequence[float]) -> list[dict]:
     encoded = [(lm.encode_context(it.context), [lm.tokenizer.encode(c) for c in it.choices]) for it in items]
     histories = hotflip(lm, [(ctx, choices[it.answer]) for (ctx, choices), it in zip(encoded, items)], max(rates))
     rows = []
@@ -193,5 +198,5 @@ def _hotflip_rows(lm: DslibLM, items: Sequence[MultipleChoice], rates: Sequence[
         for (ctx, choices), history in zip(encoded, histories):
             attacked = history[min(round(rate * (len(ctx) - 1)), len(history) - 1)]
             pairs += [(attacked, c) for c in choices]
-        rows.append(_row("hotflip", rate, items, lm.loglikelihood_tokens(pairs)))
+        rows.append(_row("hotflip", rate, items, lm.loglikelihood_tokens(pairs), priors))
     return rows
