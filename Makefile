@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PROFILE ?= cpu
+# Idle OpenMP threads sleep instead of spinning (see dslib/env.py); set before torch loads.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup test unit notebooks cookbook lab bench clean
 

@@ -9,12 +9,16 @@ Variants are interleaved round by round so machine load hits them alike.
 MFU = tokens/s * flops_per_token(config) / measured peak (dslib.model.flops).
 Writes outputs/bench/model.json and model.md.
 
-    PYTHONPATH=. python benchmarks/bench_model.py [--config small] [--batch-size 8]
+    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python benchmarks/bench_model.py [--config small]
+
+OMP_WAIT_POLICY=PASSIVE matters on a shared machine: spinning OpenMP threads make
+2 threads many times slower than 1 when other processes compete for the cores.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -63,6 +67,31 @@ class Variant:
         return time.perf_counter() - start
 
 
+@torch.no_grad()
+def gated_inference(config, batch_size: int, granularity: str, repeats: int = 3) -> dict:
+    """Eval forward time of a gated model: rejected rows skipped versus computed and masked.
+
+    The gate is untrained with random decisions (about half kept per layer): this
+    measures what skipping saves at a given skip fraction, not what a gate learns.
+    """
+    gate = config.gate.model_copy(update={"enabled": True, "granularity": granularity})
+    model = TransformerXL(config.model_copy(update={"gate": gate, "memory_length": 0})).eval()
+    for block in model.blocks:
+        torch.nn.init.zeros_(block.gate.fc_out.bias)
+        torch.nn.init.normal_(block.gate.fc_out.weight, std=1.0)
+    idx = torch.randint(0, config.vocab_size, (batch_size, config.seq_len))
+    times = {True: [], False: []}
+    for _ in range(repeats):
+        for skip in (True, False):
+            model.set_skip_compute(skip)
+            start = time.perf_counter()
+            out = model(idx)
+            times[skip].append(time.perf_counter() - start)
+    skip_s, dense_s = min(times[True]), min(times[False])
+    return {"granularity": granularity, "skip_fraction": float(out.stats["gate_skip_fraction"]),
+            "forward_s_skipping": skip_s, "forward_s_masked": dense_s, "time_ratio": skip_s / dense_s}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="small")
@@ -83,12 +112,14 @@ def main() -> None:
         Variant("txl_memory", TransformerXL(config), B, T, config.vocab_size,
                 flops_per_token(config, with_memory=True)),
     ]
+    load_before = os.getloadavg()[0]
     peaks = [matmul_peak()]
     for v in variants:  # warm-up; txl_memory also fills its memory
         v.step(), v.step()
     for _ in range(args.rounds):
         for v in variants:
             v.step_times += [v.step() for _ in range(args.steps_per_round)]
+    gated = [gated_inference(config, B, g) for g in ("sequence", "token")]
     peaks.append(matmul_peak())
     peak = max(peaks)
 
@@ -106,7 +137,13 @@ def main() -> None:
         "config": config.model_dump(), "batch_size": B, "threads": args.threads,
         "parameters": count_parameters(config), "matmul_peak_gflops": peak / 1e9,
         "matmul_peaks_gflops": [p / 1e9 for p in peaks], "variants": rows,
+        "gated_inference": gated,
         "steps_timed_per_variant": args.rounds * args.steps_per_round,
+        # other processes on the machine distort every number: read them with the load
+        "load_average_1min": [load_before, os.getloadavg()[0]],
+        # PASSIVE keeps OpenMP threads from spinning: on a loaded machine the default
+        # spinning makes 2 threads many times slower than 1
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
     }
     out_dir = outputs_dir() / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +155,9 @@ def main() -> None:
         f"fp32 matmul peak measured in this run: {peak / 1e9:.1f} GFLOP/s "
         f"(start/end: {', '.join(f'{p / 1e9:.1f}' for p in peaks)}); "
         f"{count_parameters(config) / 1e6:.2f}M parameters; median of "
-        f"{args.rounds * args.steps_per_round} steps per variant.",
+        f"{args.rounds * args.steps_per_round} steps per variant; 1-min load average "
+        f"{result['load_average_1min'][0]:.1f} -> {result['load_average_1min'][1]:.1f} on "
+        f"{os.cpu_count()} CPUs; OMP_WAIT_POLICY={result['omp_wait_policy']}.",
         "",
         "| variant | step (s) | tokens/s | GFLOP/token | GFLOP/s | MFU | step time vs gpt |",
         "|---|---|---|---|---|---|---|",
@@ -129,6 +168,16 @@ def main() -> None:
             f"{r['gflop_per_token']:.4f} | {r['achieved_gflops']:.1f} | {r['mfu']:.1%} | "
             f"{r['step_time_vs_gpt']:.2f}x |"
         )
+    lines += [
+        "",
+        "Gated inference (eval forward, untrained gate with random decisions): time with the "
+        "rejected rows skipped, relative to computing every row and masking.",
+        "",
+        "| granularity | skipped fraction | forward skipping (s) | forward masked (s) | time ratio |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {g['granularity']} | {g['skip_fraction']:.0%} | {g['forward_s_skipping']:.3f} | "
+              f"{g['forward_s_masked']:.3f} | {g['time_ratio']:.2f} |" for g in gated]
     (out_dir / "model.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -24,6 +24,10 @@ def set_offline() -> None:
     """Set the offline variables (without overriding what a user set) and the op cache."""
     for name, value in OFFLINE_VARS.items():
         os.environ.setdefault(name, value)
+    # Idle OpenMP threads sleep instead of spinning: with several processes on few cores
+    # (ranks, kernels, a busy machine) spinning threads made a smoke notebook 18x slower.
+    # It reaches the processes started from here (kernels, ranks); torch reads it at load.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # DeepSpeed's C++ ops JIT-compile on first use (30-210 s each): keep them in one
     # persistent folder so notebooks, tests and CI in one checkout compile them once.
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dslib import jobs
 from dslib.data import sources
 from dslib.data.loader import StreamLoader
 from dslib.data.shards import build_shards
@@ -19,7 +20,8 @@ from dslib.data.tokenizer import get_tokenizer
 from dslib.env import REPO_ROOT
 from dslib.model import TransformerXL, load_config
 from dslib.train.__main__ import main as cli_main
-from dslib.train import TrainConfig, Trainer, evaluate, latest_checkpoint, lr_at, seed_everything, train
+from dslib.train import (TrainConfig, Trainer, evaluate, latest_checkpoint, load_checkpoint, lr_at,
+                         seed_everything, train)
 from dslib.train.checkpoint import checkpoint_path, list_checkpoints
 
 torch.set_num_threads(1)  # exact float equality across runs and processes needs a fixed thread count
@@ -85,17 +87,22 @@ def test_same_seed_same_losses(shards) -> None:
     assert runs[0] != runs[2]
 
 
-def test_eval_loss_decreases(shards) -> None:
+def test_eval_loss_decreases(shards, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSLIB_RUN_DIR", str(tmp_path))
     model = tiny_model(shards.vocab_size)
-    cfg = small_config(steps=40, eval_every=20)
+    cfg = small_config(steps=40, eval_every=20, name="tiny")
     val = StreamLoader(shards.tokens("val"), cfg.batch_size, cfg.seq_len)
     before = evaluate(model, val, cfg.eval_batches)
-    result = train(model, cfg, shards.tokens("train"), shards.tokens("val"), device="cpu")
+    result = train(model, cfg, shards.tokens("train"), shards.tokens("val"), run=jobs.start("03_test"),
+                   device="cpu")
     assert [e["step"] for e in result.evals] == [20, 40]
     assert result.evals[0]["val_loss"] < before - 0.3
     assert result.final_val_loss < result.evals[0]["val_loss"]
     assert [h["step"] for h in result.history] == list(range(5, 41, 5))
     assert all(h["tokens_per_s"] > 0 and h["lr"] > 0 for h in result.history)
+    record = jobs.read_record(tmp_path)
+    assert record["tables"]["tiny_history"] == result.history
+    assert record["metrics"]["tiny_final_val_loss"]["value"] == result.final_val_loss
 
 
 def test_resume_in_process_is_exact(shards, tmp_path: Path) -> None:
@@ -169,3 +176,46 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path: Path, monkeypatch: 
     assert resumed["evals"] == expected["evals"]
     final = [torch.load(checkpoint_path(d, steps), weights_only=True)["model"] for d in (reference, killed)]
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+
+
+class Probe(torch.nn.Module):
+    """The real model, recording whether each training call got memories, and its logits' dtype."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.got_memory, self.logits_dtypes = model, [], []
+
+    def forward(self, idx, mems=None, targets=None):
+        out = self.model(idx, mems=mems, targets=targets)
+        if self.training:
+            self.got_memory.append(mems is not None)
+            self.logits_dtypes.append(out.logits.dtype)
+        return out
+
+
+@pytest.mark.parametrize("use_memory", [True, False])
+def test_memory_is_carried_within_an_epoch_and_dropped_at_wrap(shards, use_memory: bool) -> None:
+    cfg = small_config(steps=7, batch_size=2, seq_len=16, eval_every=0, use_memory=use_memory)
+    tokens = shards.tokens("train")[: 2 * (3 * 16 + 1)]  # three segments per epoch
+    probe = Probe(tiny_model(shards.vocab_size))
+    train(probe, cfg, tokens, device="cpu")
+    expected = [False, True, True] * 2 + [False] if use_memory else [False] * 7
+    assert probe.got_memory == expected
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_mixed_precision_runs_under_autocast(shards, tmp_path: Path, precision: str, dtype: torch.dtype) -> None:
+    cfg = small_config(steps=3, warmup_steps=1, eval_every=0, precision=precision, out_dir=tmp_path)
+    probe = Probe(tiny_model(shards.vocab_size))
+    result = train(probe, cfg, shards.tokens("train"), device="cpu")
+    assert probe.logits_dtypes == [dtype] * 3
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    scaler = load_checkpoint(latest_checkpoint(tmp_path))["scaler"]
+    assert (scaler["scale"] > 0) if precision == "fp16" else scaler == {}
+
+
+def test_eval_before_the_first_log_with_a_progress_bar(shards) -> None:
+    """An evaluation due before any history entry exists must not break the progress bar."""
+    cfg = small_config(steps=6, eval_every=3, log_every=10, progress=True, warmup_steps=2)
+    result = train(tiny_model(shards.vocab_size), cfg, shards.tokens("train"), shards.tokens("val"))
+    assert [e["step"] for e in result.evals] == [3, 6]

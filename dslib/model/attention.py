@@ -43,19 +43,28 @@ def rel_shift(scores: torch.Tensor) -> torch.Tensor:
     How: prepend a zero column ([T, S+1]), read the same memory as [S+1, T], drop the
     first row and read it back as [T, S]. Row i ends up shifted left by T-1-i.
     """
-    *lead, T, S = scores.shape
-    padded = F.pad(scores, (1, 0))  # [..., T, S+1]
-    padded = padded.view(*lead, S + 1, T)
-    return padded[..., 1:, :].reshape(*lead, T, S)
+    return shift_padded(F.pad(scores, (1, 0)))
+
+
+def shift_padded(padded: torch.Tensor) -> torch.Tensor:
+    """`rel_shift` of scores that already carry the zero column in front ([..., T, S+1]).
+
+    Views only, no copy. RelativeAttention gets the zero column for free by giving the
+    distance embeddings a zero row, so its matmul writes the padded layout directly.
+    """
+    *lead, T, S_plus_1 = padded.shape
+    return padded.view(*lead, S_plus_1, T)[..., 1:, :].view(*lead, T, S_plus_1 - 1)
 
 
 @functools.lru_cache(maxsize=16)
-def future_mask(T: int, S: int, device: torch.device) -> torch.Tensor:
-    """Bool [T, S], True where key j lies in the future of query i (j > i + S - T).
+def causal_bias(T: int, S: int, device: torch.device) -> torch.Tensor:
+    """Additive mask [T, S]: 0 where query i may see key j (j <= i + S - T), -inf after.
 
-    Cached: built once per shape instead of once per layer and step (read-only).
+    Cached (built once per shape, read-only). Added in place, it passes gradients
+    through unchanged, where a masked_fill would copy them in the backward pass.
     """
-    return torch.ones(T, S, dtype=torch.bool, device=device).triu(S - T + 1)
+    hidden = torch.ones(T, S, dtype=torch.bool, device=device).triu(S - T + 1)
+    return torch.zeros(T, S, device=device).masked_fill_(hidden, float("-inf"))
 
 
 class RelativeAttention(nn.Module):
@@ -95,25 +104,29 @@ class RelativeAttention(nn.Module):
         k, v = self._heads(self.k_proj(context)), self._heads(self.v_proj(context))
         r = self.r_proj(pos_emb).view(S, self.num_heads, self.head_dim).transpose(0, 1)
         scale = 1.0 / math.sqrt(self.head_dim)
-        # position term, one matmul against all S distances: [B, H, Q, S] by distance
-        pos_scores = (q + self.pos_bias_v[:, None]) @ (r.transpose(1, 2) * scale)
+        q_pos = q + self.pos_bias_v[:, None]
         if query_pos is None:
-            pos_scores = rel_shift(pos_scores)
-            hidden = future_mask(Q, S, q.device)
+            # position term against a zero row + all S distances: the matmul writes the
+            # zero-padded [B, H, Q, S+1] layout, and the shift is a view (rel_shift)
+            r = F.pad(r, (0, 0, 1, 0))
+            pos_scores = shift_padded(q_pos @ (r.transpose(1, 2) * scale))
+            mask = causal_bias(Q, S, q.device)
         else:  # the same index map as rel_shift, for arbitrary query positions
+            pos_scores = q_pos @ (r.transpose(1, 2) * scale)  # [B, H, Q, S] by distance
             keys = torch.arange(S, device=q.device)
             column = (S - 1 - query_pos[:, :, None] + keys).clamp(0, S - 1)
             pos_scores = pos_scores.gather(-1, column[:, None].expand_as(pos_scores))
             hidden = (keys > query_pos[:, :, None])[:, None]
-        # content term added onto the position term in one batched matmul (no copy of
-        # the [B, H, Q, S] scores), then causal mask, softmax and the value product
-        scores = torch.baddbmm(
-            pos_scores.reshape(B * self.num_heads, Q, S),
+            mask = torch.zeros(hidden.shape, device=q.device).masked_fill_(hidden, float("-inf"))
+        # content term accumulated in place onto the position term (one batched matmul,
+        # no copy of the [B, H, Q, S] scores), then causal mask, softmax, values
+        scores = pos_scores.reshape(B * self.num_heads, Q, S).baddbmm_(
             (q + self.pos_bias_u[:, None]).reshape(B * self.num_heads, Q, self.head_dim),
             k.reshape(B * self.num_heads, S, self.head_dim).transpose(1, 2),
             alpha=scale,
         ).view(B, self.num_heads, Q, S)
-        probs = scores.masked_fill_(hidden, float("-inf")).softmax(dim=-1)
-        probs = F.dropout(probs, self.dropout, self.training)
+        probs = scores.add_(mask).softmax(dim=-1)
+        if self.training and self.dropout > 0:
+            probs = F.dropout(probs, self.dropout)
         out = probs @ v  # [B, H, Q, dh]
         return self.o_proj(out.transpose(1, 2).reshape(B, Q, d))

@@ -16,7 +16,7 @@ import torch
 from dslib.data import sources
 from dslib.data.shards import build_shards
 from dslib.data.tokenizer import get_tokenizer
-from dslib.train.trainer import TrainConfig, Trainer, seed_everything
+from dslib.train import TrainConfig, Trainer, seed_everything
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="forward autocast dtype")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-memory", action="store_true", help="train segments without memory")
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
                       warmup_steps=args.warmup_steps if args.warmup_steps is not None else args.steps // 10,
                       eval_every=args.eval_every, eval_batches=args.eval_batches,
                       checkpoint_every=args.checkpoint_every, log_every=args.log_every, seed=args.seed,
+                      precision=args.precision,
                       use_memory=not args.no_memory, progress=not args.no_progress, out_dir=args.out,
                       name=f"{args.config}_{args.corpus}")
     seed_everything(cfg.seed)  # the same initial weights for the same seed

@@ -6,22 +6,20 @@ It trains any ``nn.Module`` with the Transformer-XL interface
 ``out.mems`` the next memories and ``out.stats`` a dict of 0-dim tensors to log.
 
 The loop adds no host synchronisation per step: losses, gradient norms and stats stay on
-the device and are read once every ``log_every`` steps. Same seed, same losses; a run
-resumed from a checkpoint continues exactly as if it had not stopped.
+the device and are read once every ``log_every`` steps (fp16 is the exception: its gradient
+scaler checks for inf each step). ``precision`` bf16/fp16 runs the forward under autocast.
+Same seed, same losses; a run resumed from a checkpoint continues exactly as if it had not
+stopped.
 """
 from __future__ import annotations
 
-import math
-import random
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -29,87 +27,24 @@ from dslib.data.loader import StreamLoader
 from dslib.env import device as default_device
 from dslib.jobs.record import Run, write_json_atomic
 from dslib.train import checkpoint as ckpt
+from dslib.train.recipe import OptimizerFactory, TrainConfig, adamw, lr_at, param_groups, seed_everything
 
-OptimizerFactory = Callable[[Iterable[dict[str, Any]]], torch.optim.Optimizer]
 RESULT_FILE = "result.json"
-
-
-class TrainConfig(BaseModel):
-    """Everything the loop needs besides the model and the data."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    steps: int = Field(200, gt=0)
-    batch_size: int = Field(8, gt=0)
-    seq_len: int = Field(64, gt=0)
-    lr: float = Field(1e-3, gt=0, description="peak learning rate, for any optimizer")
-    min_lr: float = Field(1e-4, ge=0, description="end of the cosine decay")
-    warmup_steps: int = Field(20, ge=0)
-    weight_decay: float = Field(0.1, ge=0, description="on matrices and embeddings only")
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables")
-    eval_every: int = Field(50, ge=0, description="0: evaluate only at the end")
-    eval_batches: int = Field(8, gt=0)
-    checkpoint_every: int = Field(0, ge=0, description="0: checkpoint only at the end")
-    keep_checkpoints: int = Field(2, gt=0)
-    log_every: int = Field(10, gt=0)
-    seed: int = 0
-    use_memory: bool = Field(True, description="carry Transformer-XL memories across segments")
-    progress: bool = True
-    out_dir: Path | None = Field(None, description="checkpoints and result.json; None keeps nothing")
-    name: str = "train"
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "TrainConfig":
-        if self.min_lr > self.lr:
-            raise ValueError(f"min_lr={self.min_lr} is above lr={self.lr}")
-        if self.warmup_steps > self.steps:
-            raise ValueError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}")
-        return self
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of (0-based) step: linear warmup to ``lr``, then cosine decay to ``min_lr``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min((step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1), 1.0)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy and python's random."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices and embeddings; not biases and norm weights (nanoGPT's split)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-
-
-def adamw(cfg: TrainConfig) -> OptimizerFactory:
-    """The default optimizer: AdamW, fused (one kernel for all parameters) where torch has it."""
-    def make(groups: Iterable[dict[str, Any]]) -> torch.optim.Optimizer:
-        groups = list(groups)
-        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
-    return make
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: StreamLoader, batches: int, use_memory: bool = True) -> float:
     """Mean loss over the first ``batches`` segments of ``loader`` (from its start), segment
-    after segment with memory when ``use_memory``. The model's train/eval mode is restored."""
-    was_training = model.training
+    after segment with memory when ``use_memory``. The model's train/eval mode is restored;
+    batches move to the model's device if the loader's lanes live elsewhere."""
+    was_training, device = model.training, next(model.parameters()).device
     model.eval()
     loader.rewind()
     batches = min(batches, loader.steps_per_epoch)
     total, mems = None, None
     for _ in range(batches):
-        idx, targets = loader.next_batch()
+        idx, targets = (t.to(device) for t in loader.next_batch())
         out = model(idx, mems=mems, targets=targets)
         mems = out.mems if use_memory else None
         total = out.loss if total is None else total + out.loss
@@ -149,6 +84,9 @@ class Trainer:
         for group in self.optimizer.param_groups:  # cfg.lr is the peak for every optimizer
             group["lr"] = cfg.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, cfg) / cfg.lr)
+        self.autocast_dtype = AUTOCAST_DTYPES[cfg.precision]
+        # fp16 gradients underflow without loss scaling; disabled, the scaler is a pass-through
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.step = 0
         self.mems: list[torch.Tensor] | None = None
         self.losses = torch.zeros(cfg.steps, device=self.device)
@@ -160,7 +98,7 @@ class Trainer:
     # ---- checkpoint state -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(),
                 "loader": self.loader.state_dict(), "mems": self.mems,
                 "losses": self.losses[:self.step].cpu(), "grad_norms": self.grad_norms[:self.step].cpu(),
                 "evals": self.evals, "history": self.history, "config": self.cfg.model_dump(mode="json")}
@@ -172,6 +110,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(state["loader"])
         self.mems = [m.to(self.device) for m in state["mems"]] if state["mems"] is not None else None
         self.losses[:self.step] = state["losses"].to(self.device)
@@ -202,12 +142,15 @@ class Trainer:
         if self.loader.at_start or not cfg.use_memory:
             self.mems = None  # a new pass over the lanes: nothing earlier to remember
         idx, targets = self.loader.next_batch()
-        out = self.model(idx, mems=self.mems, targets=targets)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            out = self.model(idx, mems=self.mems, targets=targets)
         self.optimizer.zero_grad(set_to_none=True)
-        (out.loss + out.aux_loss).backward()
+        self.scaler.scale(out.loss + out.aux_loss).backward()
         if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
             self.grad_norms[self.step] = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # fp16: skips the step when a gradient is inf/nan
+        self.scaler.update()
         self.scheduler.step()
         self.mems = out.mems if cfg.use_memory else None
         self.losses[self.step] = out.loss.detach()
@@ -230,49 +173,53 @@ class Trainer:
         if resumed_from is None:
             seed_everything(cfg.seed)
         self.model.train()
-        start_step, tokens_per_step = self.step, cfg.batch_size * cfg.seq_len
-        self._stat_sums = {}
+        start_step, tokens_per_step, self._stat_sums = self.step, cfg.batch_size * cfg.seq_len, {}
         bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.name, disable=not cfg.progress, leave=False)
         run_start = window_start = time.perf_counter()
-        window_first, eval_seconds = self.step, 0.0
+        window_first, paused_seconds = self.step, 0.0
         while self.step < cfg.steps:
             self.train_step()
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                now = time.perf_counter()
-                self._log(window_first, tokens_per_step / max(now - window_start, 1e-9) * (self.step - window_first),
-                          now - run_start - eval_seconds)
+                self._log(window_first, window_start, run_start + paused_seconds)
                 bar.set_postfix(loss=f"{self.history[-1]['loss']:.3f}", lr=f"{self.history[-1]['lr']:.2e}")
                 window_start, window_first = time.perf_counter(), self.step
             eval_now = self.step == cfg.steps or (cfg.eval_every and self.step % cfg.eval_every == 0)
             checkpoint_now = cfg.out_dir is not None and (
                 self.step == cfg.steps or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0))
-            if eval_now or checkpoint_now:
+            if eval_now or checkpoint_now:  # timed apart: tokens/s counts training only
+                self._synchronize()
                 paused = time.perf_counter()
-                if eval_now and self.evaluate() is not None:
-                    bar.set_postfix(loss=f"{self.history[-1]['loss']:.3f}", val=f"{self.evals[-1]['val_loss']:.3f}")
+                if eval_now and self.evaluate() is not None:  # an eval may come before the first log
+                    bar.set_postfix(val=f"{self.evals[-1]['val_loss']:.3f}",
+                                    **({"loss": f"{self.history[-1]['loss']:.3f}"} if self.history else {}))
                 if checkpoint_now:
                     self.save()
-                eval_seconds += time.perf_counter() - paused
+                paused_seconds += time.perf_counter() - paused
                 window_start += time.perf_counter() - paused
         bar.close()
+        losses = self.losses.tolist()  # synchronizes
+        train_seconds = time.perf_counter() - run_start - paused_seconds
         ran = self.step - start_step
-        train_seconds = time.perf_counter() - run_start - eval_seconds
-        result = TrainResult(losses=self.losses.tolist(), history=self.history, evals=self.evals,
+        result = TrainResult(losses=losses, history=self.history, evals=self.evals,
                              tokens_per_s=ran * tokens_per_step / train_seconds if ran else 0.0,
                              resumed_from=resumed_from)
         self._record(result)
         return result
 
-    def _log(self, first: int, tokens_per_s: float, elapsed: float) -> None:
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _log(self, first: int, window_start: float, clock_zero: float) -> None:
         """Host syncs once per window: mean loss, last grad norm, mean model stats."""
-        window = slice(first, self.step)
-        loss = self.losses[window].mean().item()
+        loss, n = self.losses[first:self.step].mean().item(), self.step - first  # waits for the window
+        now = time.perf_counter()
         entry = {"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, self.cfg),
-                 "tokens_per_s": tokens_per_s, "elapsed_s": elapsed}
+                 "tokens_per_s": n * self.cfg.batch_size * self.cfg.seq_len / max(now - window_start, 1e-9),
+                 "elapsed_s": now - clock_zero}
         if self.cfg.grad_clip > 0:
             entry["grad_norm"] = self.grad_norms[self.step - 1].item()  # before clipping
-        n = self.step - first
         entry.update({name: float(total) / n for name, total in self._stat_sums.items()})
         self._stat_sums = {}
         self.history.append(entry)
