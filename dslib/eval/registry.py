@@ -1,0 +1,69 @@
+"""A small metric registry (lm-evaluation-harness style): name -> loader.
+
+The metric modules live in this repository (dslib/eval/metrics/<name>/<name>.py) and load
+with `evaluate.load(<folder>)`, which works offline; `evaluate.load("bleu")` would go to
+the hub and fail. Other loaders (any callable returning an evaluate module) can be added
+with `register_metric`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+import sys
+from pathlib import Path
+
+
+def _import_evaluate():
+    """Import `evaluate` without `transformers.pipelines`.
+
+    `import evaluate` imports its Evaluator, which imports transformers.pipelines when
+    transformers is installed (sentence-transformers brings it): measured 50 s on the
+    loaded 2-core machine against 13 s without. The Evaluator is the one part of
+    `evaluate` this book does not use, and it degrades to "transformers unavailable".
+    """
+    if "evaluate" in sys.modules or "transformers.pipelines" in sys.modules:
+        import evaluate
+        return evaluate
+    sys.modules["transformers.pipelines"] = None  # makes that import raise ImportError
+    try:
+        import evaluate
+    finally:
+        del sys.modules["transformers.pipelines"]  # a later real import still works
+    return evaluate
+
+
+evaluate = _import_evaluate()
+
+METRICS_DIR = Path(__file__).parent / "metrics"
+_LOADERS: dict[str, Callable[..., evaluate.EvaluationModule]] = {}
+
+
+def register_metric(name: str, loader: Callable[..., evaluate.EvaluationModule]) -> None:
+    if name in _LOADERS:
+        raise ValueError(f"metric {name!r} is already registered")
+    _LOADERS[name] = loader
+
+
+def available_metrics() -> list[str]:
+    return sorted(_LOADERS)
+
+
+def metric_path(name: str) -> Path:
+    """The folder of a module shipped in dslib/eval/metrics."""
+    return METRICS_DIR / name
+
+
+def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:
+    """Load a registered metric; kwargs go to its loader (e.g. experiment_id)."""
+    if name not in _LOADERS:
+        raise KeyError(f"unknown metric {name!r}; available: {', '.join(available_metrics())}")
+    return _LOADERS[name](**kwargs)
+
+
+def combine(names: list[str]) -> evaluate.CombinedEvaluations:
+    """`evaluate.combine` over registered metrics (they must take the same inputs)."""
+    return evaluate.combine([load_metric(n) for n in names])
+
+
+for _folder in sorted(p for p in METRICS_DIR.iterdir() if (p / f"{p.name}.py").exists()):
+    register_metric(_folder.name, partial(evaluate.load, str(_folder)))
