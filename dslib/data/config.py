@@ -85,15 +85,23 @@ class DomainConfig(_Strict):
     kind: Literal["domain"]
     mode: Literal["keyword", "semantic", "cascade"] = "cascade"
     min_term_chars: int = Field(4, ge=1)  # shorter HPO names/synonyms (acronyms) are ambiguous
+    component_words: bool = True  # each word of a term is a term too (generic ones filtered)
     background_source: str | None = None  # a general corpus: terms frequent there are too generic
-    max_background_df: float = Field(0.001, ge=0, le=1)
+    max_background_df: float = Field(0.005, ge=0, le=1)
     patterns: list[str] = Field(default_factory=list)  # extra regexes, each match is a hit
     min_hits: int = Field(1, ge=1)  # keyword mode: keep with at least this many distinct hits
-    accept_hits: int = Field(2, ge=1)  # cascade: this many hits keep without the model
+    accept_hits: int = Field(6, ge=1)  # cascade: this many hits keep without the model
+    reject_hits: int = Field(1, ge=0)  # cascade: this many or fewer drop without the model
     semantic_threshold: float = Field(0.35, ge=-1, le=1)
     n_prototypes: int = Field(256, ge=1)
     top_k: int = Field(5, ge=1)
     batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _cascade_ordered(self) -> "DomainConfig":
+        if self.reject_hits >= self.accept_hits:
+            raise ValueError(f"reject_hits ({self.reject_hits}) must be below accept_hits ({self.accept_hits})")
+        return self
 
     @field_validator("patterns")
     @classmethod
