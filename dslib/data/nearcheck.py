@@ -4,8 +4,8 @@
   translations is a near-duplicate pair of known identity. Recall counts the pairs whose
   exact word-shingle Jaccard reaches the threshold and that dedup put in one cluster;
   precision counts the accepted candidate pairs whose exact Jaccard reaches it.
-- Perturbed corpora (for the benchmark): every real verse once, then copies of randomly
-  chosen verses with 0-3 random word edits (delete, duplicate or swap with a neighbour),
+- Perturbed corpora (for the benchmark): distinct real verses, then copies of randomly
+  chosen ones with 0-3 random word edits (delete, duplicate or swap with a neighbour),
   up to the size asked; each copy is a planted pair with its source verse.
 """
 from __future__ import annotations
@@ -78,14 +78,16 @@ def perturb(words: list[str], rng: np.random.Generator, max_edits: int = 3) -> l
     return words
 
 
-def perturbed_corpus(n_docs: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
-    """(texts, planted pairs): the real verses of KJV, ASV and WEB, then perturbed copies."""
+def perturbed_corpus(n_docs: int, copy_share: float = 0.3, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """(texts, planted pairs): ``n_docs`` documents, of which about ``1 - copy_share`` are
+    distinct real verses (KJV, ASV, WEB, as many as there are) and the rest perturbed
+    copies of randomly chosen ones; each copy is planted as a pair with its source."""
     from dslib.data.sources import load
 
     base = [t for v in ("kjv", "asv", "web") for t in column(load(v), "text")]
     rng = np.random.default_rng(seed)
-    texts = base[:n_docs]
-    sources = rng.integers(0, len(texts), size=max(0, n_docs - len(texts)))
-    texts = texts + [" ".join(perturb(texts[s].split(), rng)) for s in sources]
-    planted = np.stack([sources, np.arange(len(base[:n_docs]), n_docs)], axis=1) if len(sources) else np.zeros((0, 2), int)
-    return texts, planted.astype(np.int64)
+    n_base = min(len(base), max(1, int(n_docs * (1 - copy_share))))
+    texts = [base[i] for i in rng.choice(len(base), size=n_base, replace=False)]
+    sources = rng.integers(0, n_base, size=n_docs - n_base)
+    texts += [" ".join(perturb(texts[s].split(), rng)) for s in sources]
+    return texts, np.stack([sources, np.arange(n_base, n_docs)], axis=1).astype(np.int64)

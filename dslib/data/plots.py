@@ -12,24 +12,33 @@ from dslib.viz import new_figure
 
 
 def funnel(f: Funnel) -> Any:
-    """Documents and bytes kept after each step, with the drops of each step stacked by reason."""
-    fig, axes = new_figure(2, 1, width=7.5, height=4.5)
-    ax_docs, ax_bytes = axes[0]
+    """Left: documents/bytes passed on by each step. Right: what each step dropped, stacked
+    by reason (drops are usually a few percent, invisible on the kept scale)."""
+    import matplotlib
+
+    fig, axes = new_figure(2, 2, width=7, height=3.8)
     steps = [r["step"] for r in f.rows]
     drops = pd.DataFrame(f.drops, columns=["step", "reason", "docs", "bytes"])
+    reasons = sorted(drops["reason"].unique())
+    colors = matplotlib.colormaps["tab20"].resampled(max(1, len(reasons)))
     x = np.arange(len(steps))
-    for ax, unit, scale in ((ax_docs, "docs", 1), (ax_bytes, "bytes", 1e6)):
-        kept = np.array([r[f"{unit}_kept"] for r in f.rows]) / scale
-        ax.bar(x, kept, color="0.6", label="kept")
-        bottom = kept.copy()
-        for reason, group in drops.groupby("reason"):
+    for row, (unit, scale, label) in enumerate((("docs", 1, "documents"), ("bytes", 1e6, "MB (UTF-8, as read)"))):
+        ax_kept, ax_drop = axes[row]
+        ax_kept.bar(x, [r[f"{unit}_kept"] / scale for r in f.rows], color="0.55")
+        ax_kept.axhline((f.input_docs if unit == "docs" else f.input_bytes) / scale, color="k", ls=":", label="input")
+        ax_kept.set_title(f"{label}: passed on by each step")
+        ax_kept.legend(fontsize=8)
+        bottom = np.zeros(len(steps))
+        for k, reason in enumerate(reasons):
+            group = drops[drops.reason == reason]
             values = np.array([group.loc[group.step == s, unit].sum() for s in steps]) / scale
-            ax.bar(x, values, bottom=bottom, label=reason)
+            ax_drop.bar(x, values, bottom=bottom, label=reason, color=colors(k))
             bottom += values
-        ax.set_xticks(x, steps, rotation=30)
-        ax.set_ylabel("documents" if unit == "docs" else "MB (UTF-8, as read)")
-        ax.set_title(f"{unit}: kept after each step, dropped stacked by reason")
-    ax_bytes.legend(fontsize=7, ncols=2)
+        ax_drop.set_title(f"{label}: dropped, by reason")
+        for ax in (ax_kept, ax_drop):
+            ax.set_xticks(x, steps, rotation=20)
+            ax.set_ylabel(label)
+    axes[0][1].legend(fontsize=7, ncols=2)
     fig.tight_layout()
     return fig
 
