@@ -160,3 +160,12 @@ def test_wrong_column_is_a_clear_error(tmp_path):
     pd.DataFrame({"content": VERSES}).to_parquet(tmp_path / "c.parquet")
     with pytest.raises(ValueError, match="columns: content"):
         files.read_files([tmp_path / "c.parquet"])
+
+
+def test_nothing_dropped_and_nothing_readable(tmp_path):
+    result = pipeline.run_pipeline(corpus(VERSES), steps(), tmp_path / "clean_run")
+    assert len(result.kept) == 5 and result.rejected().empty
+    (tmp_path / "bad.jsonl").write_bytes(b'{"text": 1}\n{broken\n')
+    result = pipeline.run_files([tmp_path / "bad.jsonl"], config.parse_config({"steps": [{"kind": "clean"}]}),
+                                tmp_path / "bad_run")
+    assert len(result.kept) == 0 and sorted(result.rejected()["reason"]) == ["invalid_json", "not_text"]

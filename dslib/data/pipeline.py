@@ -181,6 +181,7 @@ def run_pipeline(ds: datasets.Dataset, steps: list[Any], out_dir: str | Path, nu
 def _run(ds: datasets.Dataset, steps: list[Any], out_dir: Path, num_proc: int,
          read_rejected: list[dict[str, Any]] | None) -> PipelineResult:
     rejected_dir = out_dir / "rejected"
+    rejected_dir.mkdir(parents=True, exist_ok=True)
     for old in rejected_dir.glob("*.parquet"):  # a rerun must not mix with an earlier run
         old.unlink()
     ds = with_columns(ds, {BYTES: utf8_sizes(column(ds, "text"))})
