@@ -162,6 +162,13 @@ def test_wrong_column_is_a_clear_error(tmp_path):
         files.read_files([tmp_path / "c.parquet"])
 
 
+def test_a_step_kind_used_twice_is_counted_apart(tmp_path):
+    cfg = config.parse_config({"steps": [{"kind": "quality", "min_words": 3}, {"kind": "quality", "min_words": 12}]})
+    result = pipeline.run_pipeline(corpus(VERSES + ["Amen."]), config.build_steps(cfg), tmp_path)
+    assert [r["step"] for r in result.funnel.rows] == ["read", "quality", "quality_2"]
+    assert len(result.rejected("quality")) == 1 and len(result.rejected("quality_2")) == 2
+
+
 def test_nothing_dropped_and_nothing_readable(tmp_path):
     result = pipeline.run_pipeline(corpus(VERSES), steps(), tmp_path / "clean_run")
     assert len(result.kept) == 5 and result.rejected().empty

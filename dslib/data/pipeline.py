@@ -192,7 +192,11 @@ def _run(ds: datasets.Dataset, steps: list[Any], out_dir: Path, num_proc: int,
     funnel.add(READ_STEP, funnel.input_docs, funnel.input_bytes, read_drops, len(ds), _total_bytes(ds))
     if len(read_drops):
         _write_rejected(rejected_dir / f"00_{READ_STEP}.parquet", READ_STEP, read_drops)
+    names: list[str] = []
     for number, step in enumerate(steps, start=1):
+        # a step kind used twice (two quality passes) gets its own name in the funnel
+        name = step.name if step.name not in names else f"{step.name}_{names.count(step.name) + 1}"
+        names.append(step.name)
         docs_in, bytes_in = len(ds), _total_bytes(ds)
         ds = step.run(ds, num_proc=num_proc) if len(ds) else with_columns(ds, {DROP: [], DETAIL: []})
         # split kept/dropped in Arrow: datasets' select + flatten_indices is ~100x slower here
@@ -201,9 +205,9 @@ def _run(ds: datasets.Dataset, steps: list[Any], out_dir: Path, num_proc: int,
         dropped = table.filter(pc.invert(keep)).to_pandas().rename(
             columns={DROP: "reason", DETAIL: "detail", BYTES: "bytes"})
         if len(dropped):
-            _write_rejected(rejected_dir / f"{number:02d}_{step.name}.parquet", step.name, dropped)
+            _write_rejected(rejected_dir / f"{number:02d}_{name}.parquet", name, dropped)
         ds = datasets.Dataset(InMemoryTable(table.filter(keep).drop_columns([DROP, DETAIL]).combine_chunks()))
-        funnel.add(step.name, docs_in, bytes_in, dropped, len(ds), _total_bytes(ds))
+        funnel.add(name, docs_in, bytes_in, dropped, len(ds), _total_bytes(ds))
     funnel.check()
     (out_dir / "funnel.json").write_text(json.dumps(funnel.to_dict(), indent=2))
     return PipelineResult(ds.remove_columns([BYTES]), funnel, rejected_dir, steps)
