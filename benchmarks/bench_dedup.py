@@ -42,7 +42,7 @@ def with_datasketch(texts: list[str], threshold: float, num_perm: int, k: int, b
 
     shingles = []
     for text in texts:
-        words = dedup._WORD.findall(text.lower())
+        words = dedup.words(text)
         grams = [" ".join(words[i:i + k]) for i in range(max(1, len(words) - k + 1))] if words else []
         shingles.append([g.encode() for g in grams])
     hashes = MinHash.bulk(shingles, num_perm=num_perm)

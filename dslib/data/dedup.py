@@ -28,6 +28,11 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier: spreads sums ov
 _WORD = re.compile(r"\w+")
 
 
+def words(text: str) -> list[str]:
+    """The lower-cased words that shingles are made of."""
+    return _WORD.findall(text.lower())
+
+
 def content_hash(text: str) -> int:
     return xxhash.xxh3_64_intdigest(text.encode("utf-8"))
 
@@ -88,9 +93,9 @@ def shingle(texts: list[str], k: int = 5) -> Shingles:
     vocab: dict[str, int] = {}
     word_ids, lengths = [], np.empty(len(texts), dtype=np.int64)
     for d, text in enumerate(texts):
-        words = _WORD.findall(text.lower())
-        lengths[d] = len(words)
-        word_ids.extend(vocab.setdefault(w, len(vocab)) for w in words)
+        doc_words = words(text)
+        lengths[d] = len(doc_words)
+        word_ids.extend(vocab.setdefault(w, len(vocab)) for w in doc_words)
     word_hash = np.fromiter((xxhash.xxh64_intdigest(w.encode()) for w in vocab), dtype=np.uint64, count=len(vocab))
     flat = word_hash[np.asarray(word_ids, dtype=np.int64)] if word_ids else np.zeros(0, np.uint64)
     word_starts = np.concatenate([[0], np.cumsum(lengths)])
