@@ -2,8 +2,9 @@
 
 ``read_files`` returns the documents it could read and, for every piece of input it could
 not, a rejection with a reason (``invalid_json``, ``invalid_utf8``, ``missing_field``,
-``not_text``); it never stops half-way through a file. A wrong column name in a parquet
-file is a clear error before anything is read, since no row of it could be used.
+``not_text``, ``too_large``) and its size in bytes; it never stops half-way through a file.
+A wrong column name (a parquet file without the column, or a .jsonl file in which no line
+has the field) is a clear error naming the columns found, since no row could be used.
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ class FileRead:
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
     def reject(self, path: Path, line: int, reason: str, raw: Any) -> None:
+        size = len(raw) if isinstance(raw, bytes) else len(str(raw).encode("utf-8", "replace"))
         self.rejected.append({"file": str(path), "line": line, "reason": reason,
-                              "raw": repr(raw)[:RAW_PREVIEW]})
+                              "raw": repr(raw)[:RAW_PREVIEW], "bytes": size})
 
     def dataset(self) -> datasets.Dataset:
         return datasets.Dataset.from_dict({c: [r[c] for r in self.records] for c in COLUMNS})
@@ -40,10 +42,15 @@ def _add(out: FileRead, path: Path, number: int, text: str, **meta: Any) -> None
                         "meta": json.dumps({"file": str(path), **meta})})
 
 
-def _read_jsonl(path: Path, text_field: str, out: FileRead) -> None:
+def _read_jsonl(path: Path, text_field: str, out: FileRead, max_bytes: int) -> None:
+    fields_seen: set[str] = set()
+    found = False
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.strip():
+                continue
+            if len(raw) > max_bytes:
+                out.reject(path, number, "too_large", raw)
                 continue
             try:
                 line = raw.decode("utf-8")
@@ -55,6 +62,8 @@ def _read_jsonl(path: Path, text_field: str, out: FileRead) -> None:
             except json.JSONDecodeError:
                 out.reject(path, number, "invalid_json", line)
                 continue
+            fields_seen |= set(obj) if isinstance(obj, dict) else set()
+            found |= isinstance(obj, dict) and text_field in obj
             if not isinstance(obj, dict) or text_field not in obj:
                 out.reject(path, number, "missing_field", line)
             elif not isinstance(obj[text_field], str):
@@ -62,9 +71,12 @@ def _read_jsonl(path: Path, text_field: str, out: FileRead) -> None:
             else:
                 extra = {k: v for k, v in obj.items() if k != text_field}
                 _add(out, path, number, obj[text_field], **extra)
+    if fields_seen and not found:
+        raise ValueError(f"{path}: no line has the field {text_field!r} (fields found: "
+                         f"{', '.join(sorted(fields_seen))}); pass text_field= the field holding the text")
 
 
-def _read_txt(path: Path, out: FileRead) -> None:
+def _read_txt(path: Path, out: FileRead, max_bytes: int) -> None:
     """One document per paragraph (blank-line separated); undecodable paragraphs rejected."""
     paragraph: list[bytes] = []
     start = 1
@@ -75,6 +87,10 @@ def _read_txt(path: Path, out: FileRead) -> None:
             continue
         if paragraph:
             block = b"\n".join(paragraph)
+            if len(block) > max_bytes:
+                out.reject(path, start, "too_large", block)
+                paragraph = []
+                continue
             try:
                 _add(out, path, start, block.decode("utf-8"))
             except UnicodeDecodeError:
@@ -82,7 +98,7 @@ def _read_txt(path: Path, out: FileRead) -> None:
             paragraph = []
 
 
-def _read_parquet(path: Path, text_field: str, out: FileRead) -> None:
+def _read_parquet(path: Path, text_field: str, out: FileRead, max_bytes: int) -> None:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
@@ -91,14 +107,17 @@ def _read_parquet(path: Path, text_field: str, out: FileRead) -> None:
                          f"pass text_field= the column holding the text")
     for number, row in enumerate(table.to_pylist(), start=1):
         text = row.pop(text_field)
-        if isinstance(text, str):
+        if isinstance(text, str) and len(text.encode("utf-8")) > max_bytes:
+            out.reject(path, number, "too_large", text)
+        elif isinstance(text, str):
             _add(out, path, number, text, **{k: str(v) for k, v in row.items()})
         else:
             out.reject(path, number, "not_text", text)
 
 
-def read_files(paths: list[str | Path], text_field: str = "text") -> FileRead:
-    """Read the user's files (folders are searched for the known suffixes)."""
+def read_files(paths: list[str | Path], text_field: str = "text", max_doc_bytes: int = 1_000_000) -> FileRead:
+    """Read the user's files (folders are searched for the known suffixes). Documents over
+    ``max_doc_bytes`` are rejected as ``too_large`` (their first bytes kept for the reader)."""
     out = FileRead()
     files: list[Path] = []
     for p in map(Path, paths):
@@ -112,9 +131,9 @@ def read_files(paths: list[str | Path], text_field: str = "text") -> FileRead:
             files.append(p)
     for path in files:
         if path.suffix == ".jsonl":
-            _read_jsonl(path, text_field, out)
+            _read_jsonl(path, text_field, out, max_doc_bytes)
         elif path.suffix == ".txt":
-            _read_txt(path, out)
+            _read_txt(path, out, max_doc_bytes)
         else:
-            _read_parquet(path, text_field, out)
+            _read_parquet(path, text_field, out, max_doc_bytes)
     return out

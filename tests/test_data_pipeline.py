@@ -1,0 +1,178 @@
+"""The data pipeline: each step on hand-made cases, the funnel invariant, bad input."""
+from __future__ import annotations
+
+import json
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+
+from dslib.data import clean, config, dedup, files, pipeline, quality
+
+VERSES = [
+    "In the beginning God created the heaven and the earth.",
+    "And the earth was without form, and void; and darkness was upon the face of the deep.",
+    "And God said, Let there be light: and there was light.",
+    "And God saw the light, that it was good: and God divided the light from the darkness.",
+    "And God called the light Day, and the darkness he called Night.",
+]
+
+
+def corpus(texts: list[str]) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({"id": [f"d{i}" for i in range(len(texts))], "text": texts,
+                                       "source": ["test"] * len(texts), "meta": ["{}"] * len(texts)})
+
+
+def steps(**near) -> list:
+    return config.build_steps(config.parse_config({"steps": [
+        {"kind": "clean"}, {"kind": "quality"}, {"kind": "exact_dedup"},
+        {"kind": "near_dedup", "threshold": 0.5, "num_perm": 128, "shingle_size": 3, **near}]}))
+
+
+def test_normalize_nfkc_controls_whitespace():
+    assert clean.normalize("ＦＵＬＬ\u00a0width\x00 ﬁne\u200b  \t text\r\n\n\n\nend  ") == "FULL width fine text\n\nend"
+
+
+def test_planted_near_duplicate_dropped_with_reason(tmp_path):
+    near = VERSES[1].replace("darkness", "the darkness")  # one word more: Jaccard well above 0.5
+    result = pipeline.run_pipeline(corpus(VERSES + [near]), steps(), tmp_path)
+    rejected = result.rejected("near_dedup")
+    assert list(rejected["id"]) == ["d5"] and list(rejected["reason"]) == ["near_duplicate"]
+    assert "d1" in rejected["detail"][0]
+    assert result.kept["id"] == [f"d{i}" for i in range(5)]
+
+
+def test_exact_duplicate_after_cleaning(tmp_path):
+    result = pipeline.run_pipeline(corpus(VERSES + ["  " + VERSES[2].replace(" ", "\u00a0 ")]), steps(), tmp_path)
+    assert result.rejected("exact_dedup")["reason"].tolist() == ["exact_duplicate"]
+
+
+def test_quality_rules_name_the_failing_rule(tmp_path):
+    bad = {"symbols": "@#$%^&*()!~ <>?{}[] ///*** +++ ===", "digits": "12 34 56 78 90 12 34 a",
+           "short": "Amen.", "long_words": "Pneumonoultramicroscopicsilicovolcanoconiosis antidisestablishmentarianism xx"}
+    result = pipeline.run_pipeline(corpus(VERSES + list(bad.values())), steps(), tmp_path)
+    reasons = dict(zip(result.rejected("quality")["text"], result.rejected("quality")["reason"]))
+    assert reasons[bad["symbols"]] == "symbol_ratio"
+    assert reasons[bad["digits"]] == "digit_ratio"
+    assert reasons[bad["short"]] == "too_few_words"
+    assert reasons[bad["long_words"]] == "mean_word_length"
+
+
+def test_repetition_rules_on_long_documents():
+    cfg = config.QualityConfig()
+    spam = " ".join(["buy cheap pills now"] * 30)
+    assert quality.failed_rule(quality.document_stats(spam, [2, 3, 4], 50), cfg)[0] == "repeated_2grams"
+    lines = "\n".join(["the same line again and again"] * 20)
+    assert quality.failed_rule(quality.document_stats(lines, [2, 3, 4], 50), cfg)[0] == "repeated_lines"
+
+
+def test_funnel_adds_up_in_documents_and_bytes(tmp_path):
+    texts = VERSES + VERSES[:2] + ["", "@@@@ #### $$$$"]
+    result = pipeline.run_pipeline(corpus(texts), steps(), tmp_path)
+    f = result.funnel
+    assert f.input_docs == len(texts) == len(result.kept) + sum(d["docs"] for d in f.drops)
+    assert f.input_bytes == sum(len(t.encode()) for t in texts) == f.kept_bytes + sum(d["bytes"] for d in f.drops)
+    assert len(result.rejected()) == len(texts) - len(result.kept)
+    assert json.loads((tmp_path / "funnel.json").read_text())["input_docs"] == len(texts)
+
+
+def test_funnel_check_catches_a_lost_document():
+    class LosesOne(pipeline.CorpusStep):
+        name = "lossy"
+
+        def run(self, ds, num_proc=1):
+            return pipeline.with_columns(ds.select(range(len(ds) - 1)), {pipeline.DROP: [""] * (len(ds) - 1),
+                                                                        pipeline.DETAIL: [""] * (len(ds) - 1)})
+
+    with pytest.raises(AssertionError, match="lossy"):
+        pipeline.run_pipeline(corpus(VERSES), [LosesOne()], "/tmp/dslib-test-lossy")
+
+
+def test_minhash_estimate_tracks_exact_jaccard():
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(500)]
+    base = list(rng.choice(vocab, 200))
+    texts = [" ".join(base), " ".join(base[:150] + list(rng.choice(vocab, 50))), " ".join(rng.choice(vocab, 200))]
+    sh = dedup.shingle(texts, 2)
+    sig = dedup.signatures(sh, 256)
+    pairs = np.array([[0, 1], [0, 2]])
+    assert np.allclose(dedup.estimated_jaccard(sig, pairs), dedup.exact_jaccard(sh, pairs), atol=0.08)
+
+
+def test_bands_follow_threshold():
+    bands, rows = dedup.choose_bands(0.8, 128)
+    assert bands * rows <= 128
+    assert dedup.candidate_probability(0.9, bands, rows) > 0.9 > 0.01 > dedup.candidate_probability(0.5, bands, rows)
+
+
+def test_union_find_joins_chains():
+    assert dedup.union_find(6, np.array([[3, 4], [1, 3], [0, 5]])).tolist() == [0, 1, 2, 1, 1, 0]
+
+
+def test_bad_config_names_the_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("steps:\n  - kind: near_dedup\n    threshold: 1.5\n")
+    with pytest.raises(config.ConfigError, match=r"steps\.0\.near_dedup\.threshold"):
+        config.load_config(path)
+    with pytest.raises(config.ConfigError, match="treshold"):
+        config.parse_config({"steps": [{"kind": "near_dedup", "treshold": 0.5}]})
+    with pytest.raises(config.ConfigError, match="bands"):
+        config.parse_config({"steps": [{"kind": "near_dedup", "bands": 20, "rows": 10}]})
+
+
+def test_shipped_configs_validate():
+    for name in ("default", "medical"):
+        assert config.load_config(name).steps
+
+
+# ---- the user's files --------------------------------------------------------------------
+
+def write_bad_inputs(folder):
+    lines = [json.dumps({"text": VERSES[0]}).encode(), b'{"text": "unterminated',
+             json.dumps({"text": VERSES[1]}).encode()[:-1] + b'\xff"}', json.dumps({"body": "wrong field"}).encode(),
+             json.dumps({"text": ""}).encode(), json.dumps({"text": 42}).encode(),
+             json.dumps({"text": "x " * 600_000}).encode(), json.dumps({"text": VERSES[2]}).encode()]
+    (folder / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (folder / "b.txt").write_bytes(VERSES[3].encode() + b"\n\n" + b"caf\xe9 latin-1 paragraph\n\n" + VERSES[4].encode())
+    pd.DataFrame({"text": [VERSES[0], None], "n": [1, 2]}).to_parquet(folder / "c.parquet")
+
+
+def test_bad_input_is_counted_never_lost(tmp_path):
+    write_bad_inputs(tmp_path)
+    read = files.read_files([tmp_path], max_doc_bytes=1_000_000)
+    reasons = sorted(r["reason"] for r in read.rejected)
+    assert reasons == ["invalid_json", "invalid_utf8", "invalid_utf8", "missing_field", "not_text", "not_text", "too_large"]
+    cfg = config.parse_config({"steps": [{"kind": "clean"}, {"kind": "quality"}, {"kind": "exact_dedup"}]})
+    result = pipeline.run_files([tmp_path], cfg, tmp_path / "out")
+    f = result.funnel
+    assert f.input_docs == 13 and f.rows[0]["docs_kept"] == 6  # 8 jsonl lines, 3 paragraphs, 2 rows
+    assert {d["reason"] for d in f.drops if d["step"] == "read"} == set(reasons)
+    assert [d["reason"] for d in f.drops if d["step"] == "clean"] == ["empty"]
+    assert result.rejected("exact_dedup")["detail"].tolist() == ["copy of a.jsonl:1"]  # c.parquet repeats it
+    assert len(result.kept) == 4 and f.input_docs == len(result.kept) + len(result.rejected())
+
+
+def test_wrong_column_is_a_clear_error(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"body": VERSES[0]}) + "\n")
+    with pytest.raises(ValueError, match="fields found: body"):
+        files.read_files([tmp_path / "a.jsonl"])
+    pd.DataFrame({"content": VERSES}).to_parquet(tmp_path / "c.parquet")
+    with pytest.raises(ValueError, match="columns: content"):
+        files.read_files([tmp_path / "c.parquet"])
+
+
+def test_a_step_kind_used_twice_is_counted_apart(tmp_path):
+    cfg = config.parse_config({"steps": [{"kind": "quality", "min_words": 3}, {"kind": "quality", "min_words": 12}]})
+    result = pipeline.run_pipeline(corpus(VERSES + ["Amen."]), config.build_steps(cfg), tmp_path)
+    assert [r["step"] for r in result.funnel.rows] == ["read", "quality", "quality_2"]
+    assert len(result.rejected("quality")) == 1 and len(result.rejected("quality_2")) == 2
+
+
+def test_nothing_dropped_and_nothing_readable(tmp_path):
+    result = pipeline.run_pipeline(corpus(VERSES), steps(), tmp_path / "clean_run")
+    assert len(result.kept) == 5 and result.rejected().empty
+    (tmp_path / "bad.jsonl").write_bytes(b'{"text": 1}\n{broken\n')
+    result = pipeline.run_files([tmp_path / "bad.jsonl"], config.parse_config({"steps": [{"kind": "clean"}]}),
+                                tmp_path / "bad_run")
+    assert len(result.kept) == 0 and sorted(result.rejected()["reason"]) == ["invalid_json", "not_text"]
