@@ -174,3 +174,47 @@ def run_zero(config: str = "zero3", nprocs: int = 2, model: str = "tiny", steps:
                   steps=steps, seed=seed, nvme_dir=str(nvme_dir) if nvme_dir else None,
                   config_name=config, **{k: str(v) if k == "save_dir" else v for k, v in checkpointing.items()})
     return launch(entry="dslib.parallel.zero:train_rank", nprocs=nprocs, kwargs=kwargs, timeout=timeout)
+
+
+def ops_needed(config: str, ds_overrides: dict | None = None) -> list[str]:
+    """The compiled DeepSpeed ops a config needs (dslib.parallel.ops builds them)."""
+    cfg = load_ds_config(config, ds_overrides)
+    needed = []
+    if cfg.offload_device("optimizer") != "none" or cfg.offload_device("param") != "none":
+        needed.append("cpu_adam")  # DeepSpeedCPUAdam steps on the offloaded fp32 partition
+    if "nvme" in (cfg.offload_device("optimizer"), cfg.offload_device("param")):
+        needed.append("async_io")
+    return needed
+
+
+@dataclass
+class ResumeCheck:
+    uninterrupted: list[float]   # losses of steps 1..steps without a stop
+    killed_message: str          # what the launcher reported when the rank died
+    killed_rank: int | None
+    resumed: ZeroResult          # the run restarted from the last checkpoint
+
+    @property
+    def max_loss_difference(self) -> float:
+        tail = self.uninterrupted[self.resumed.first_step:]
+        return max(abs(a - b) for a, b in zip(tail, self.resumed.losses))
+
+
+def kill_and_resume(config: str, save_dir: str | Path, steps: int, kill_at_step: int,
+                    uninterrupted: list[float] | None = None, **run_kwargs: Any) -> ResumeCheck:
+    """Train with checkpoints every ``kill_at_step`` steps, SIGKILL rank 1 after the first one, resume.
+
+    ``uninterrupted``: the losses of the same run without a stop (run here when not given).
+    """
+    from dslib.parallel.launch import LaunchError
+
+    if uninterrupted is None:
+        uninterrupted = run_zero(config, steps=steps, **run_kwargs).losses
+    try:
+        run_zero(config, steps=steps, save_dir=save_dir, save_every=kill_at_step, kill_at_step=kill_at_step,
+                 kill_rank=1, **run_kwargs)
+        raise RuntimeError(f"the run was expected to die at step {kill_at_step} but finished")
+    except LaunchError as error:
+        message, rank = str(error).splitlines()[0], error.rank
+    resumed = run_zero(config, steps=steps, save_dir=save_dir, resume=True, **run_kwargs)
+    return ResumeCheck(uninterrupted, message, rank, resumed)
