@@ -13,6 +13,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@start=$$SECONDS; echo "==> setup: $(VENV)"; \
+	scripts/system-deps.sh; \
 	test -x $(PY) || python3 -m venv $(VENV); \
 	if $(PY) -c "import torch" 2>/dev/null; then \
 	  echo "==> keeping the installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \

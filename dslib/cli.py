@@ -25,7 +25,28 @@ def _parser() -> argparse.ArgumentParser:
     book.add_argument("--only", help="comma-separated notebook numbers, e.g. 01,03")
     book.add_argument("--out", type=Path, help="book directory (default: outputs/cookbook)")
 
-    rep = sub.add_parser("report", help="rebuild index.md/index.html from run directories")
+    submit = sub.add_parser("submit", help="submit a notebook as a Slurm job (dslib run on the allocation)")
+    submit.add_argument("notebook", type=Path)
+    submit.add_argument("--nodes", type=int, default=1)
+    submit.add_argument("--gpus-per-node", type=int, default=0)
+    submit.add_argument("--ntasks-per-node", type=int, help="default: one per GPU, else 1")
+    submit.add_argument("--cpus-per-task", type=int, default=1)
+    submit.add_argument("--partition")
+    submit.add_argument("--account")
+    submit.add_argument("--time", default="01:00:00")
+    submit.add_argument("--profile", default="cluster")
+    submit.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    submit.add_argument("--sweep", help="NAME=V1,V2,...: one job per value")
+    submit.add_argument("--out", type=Path, help="folder for the run directories (default: outputs/<jobs|sweep>-<time>)")
+    submit.add_argument("--dry-run", action="store_true", help="print the sbatch script, submit nothing")
+
+    jobs_cmd = sub.add_parser("jobs", help="follow a submitted job")
+    jobs_cmd.add_argument("action", choices=["status", "wait"])
+    jobs_cmd.add_argument("job_id")
+    jobs_cmd.add_argument("--timeout", type=float, default=3600)
+
+    rep = sub.add_parser("report", help="rebuild a report from run directories (a comparison if they "
+                                        "are runs of one notebook)")
     rep.add_argument("run_dirs", nargs="+", type=Path)
     rep.add_argument("--out", type=Path, required=True, help="folder for index.md and index.html")
     return parser
@@ -51,16 +72,46 @@ def main(argv: list[str] | None = None) -> int:
             if failed:
                 print(f"failed: {', '.join(failed)}", file=sys.stderr)
             return 1 if failed else 0
-        if args.command == "report":
-            from dslib.jobs.report import build
+        if args.command == "submit":
+            return _submit(args)
+        if args.command == "jobs":
+            from dslib.jobs import slurm
 
+            state = slurm.status(args.job_id) if args.action == "status" else slurm.wait(args.job_id, args.timeout)
+            for key, value in state.items():
+                print(f"{key}: {value}" if key != "log_tail" else f"log tail:\n{value}")
+            return 0 if state["state"] not in slurm.FINISHED - {"COMPLETED"} else 1
+        if args.command == "report":
+            from dslib.jobs import report
+            from dslib.jobs.record import read_record
+
+            stems = {read_record(d).get("stem", d.name) for d in args.run_dirs}
+            build = report.compare if len(args.run_dirs) > 1 and len(stems) == 1 else report.build
             md, html = build(args.run_dirs, args.out)
             print(f"report: {md} and {html}")
             return 0
-    except (ParameterError, FileNotFoundError, ValueError) as err:
+    except (ParameterError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"dslib: error: {err}", file=sys.stderr)
         return 2
     return 2
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from dslib.jobs import slurm
+
+    root = args.out or slurm.default_run_root("sweep" if args.sweep else "jobs")
+    name, values = slurm.parse_sweep(args.sweep) if args.sweep else (None, [None])
+    for value in values:
+        params = [tuple(p) for p in args.parameter] + ([(name, value)] if name else [])
+        stem = args.notebook.stem + (f"-{name}={value}" if name else "")
+        spec = slurm.JobSpec(args.notebook, root / stem, args.profile, params, args.nodes, args.gpus_per_node,
+                             args.ntasks_per_node, args.cpus_per_task, args.partition, args.account, args.time)
+        job_id, script = slurm.submit(spec, dry_run=args.dry_run)
+        if args.dry_run:
+            print(script)
+        else:
+            print(f"submitted job {job_id}: run directory {spec.run_dir}")
+    return 0
 
 
 if __name__ == "__main__":

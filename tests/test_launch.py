@@ -14,7 +14,7 @@ def _workers_alive() -> int:
 
 def test_two_ranks_all_reduce():
     result = launch("dslib.parallel.demo:all_reduce_sum", nprocs=2, kwargs={"size": 3}, timeout=120)
-    assert result == {"world_size": 2, "backend": "gloo", "sum": [3.0, 3.0, 3.0]}
+    assert result == {"world_size": 2, "backend": "gloo", "sum": [3.0, 3.0, 3.0], "slurm_step": None}
 
 
 def test_a_rank_that_exits_names_itself():

@@ -18,6 +18,7 @@ def test_cli_values_take_the_default_type(notebook_factory):
                                     ("name", "123"), ("sizes", "[3, 4]"), ("limit", "50")])
     assert got == {"steps": 7, "lr": 3.0, "use_memory": False, "name": "123", "sizes": [3, 4], "limit": 50}
     assert isinstance(got["lr"], float)
+    assert P.resolve(nb, "cpu", cli=[("steps", "null"), ("name", "null")]) == {"steps": None, "name": "null"}
 
 
 @pytest.mark.parametrize("name,value,fragment", [

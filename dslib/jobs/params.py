@@ -65,6 +65,8 @@ def profile_overrides(profile: str, stem: str) -> dict[str, Any]:
 def convert(name: str, raw: Any, default: Any) -> Any:
     """Convert ``raw`` (a CLI string or a YAML value) to the type of ``default``."""
     target = type(default)
+    if raw is None or (isinstance(raw, str) and target is not str and raw in ("None", "null")):
+        return None  # "no value" (e.g. no document limit) is allowed for any parameter
     if default is None:
         return yaml.safe_load(raw) if isinstance(raw, str) else raw
     if isinstance(raw, str) and target is not str:

@@ -74,8 +74,6 @@ def claims_ledger(run_dirs: list[Path]) -> str:
 
 def build(run_dirs: list[Path], out_dir: Path, title: str = "The dslib cookbook") -> tuple[Path, Path]:
     """Write ``index.md`` and ``index.html`` in ``out_dir`` from the given run directories."""
-    import markdown
-
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dirs = sorted(run_dirs, key=lambda d: read_record(d).get("stem", d.name))
     statuses = [read_record(d).get("run", {}).get("status", "missing") for d in run_dirs]
@@ -84,6 +82,12 @@ def build(run_dirs: list[Path], out_dir: Path, title: str = "The dslib cookbook"
                               for d, s in zip(run_dirs, statuses)], max_rows=len(run_dirs))
     body = "\n\n".join([f"# {title}\n", summary, claims_ledger(run_dirs),
                         *(chapter_section(d, out_dir) for d in run_dirs)])
+    return _write(out_dir, body, title)
+
+
+def _write(out_dir: Path, body: str, title: str) -> tuple[Path, Path]:
+    import markdown
+
     md_path, html_path = out_dir / "index.md", out_dir / "index.html"
     md_path.write_text(body)
     html = markdown.markdown(body, extensions=["tables", "fenced_code"])
@@ -92,3 +96,32 @@ def build(run_dirs: list[Path], out_dir: Path, title: str = "The dslib cookbook"
                          "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px}"
                          "img{max-width:100%}</style></head><body>" + html + "</body></html>")
     return md_path, html_path
+
+
+def compare(run_dirs: list[Path], out_dir: Path, max_plots: int = 6) -> tuple[Path, Path]:
+    """One comparison of runs of the same notebook (a sweep): a table and a bar plot per metric."""
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays as it is
+
+    records = [read_record(d) for d in run_dirs]
+    params = [r.get("run", {}).get("parameters", {}) for r in records]
+    varying = sorted({k for p in params for k in p if len({repr(q.get(k)) for q in params}) > 1})
+    labels = [", ".join(f"{k}={p.get(k)}" for k in varying) or Path(d).name for p, d in zip(params, run_dirs)]
+    names = list(dict.fromkeys(m for r in records for m in r.get("metrics", {})))
+    rows = [{"run": label, "status": r.get("run", {}).get("status", "missing"),
+             "wall_s": r.get("run", {}).get("wall_s", ""),
+             **{m: r.get("metrics", {}).get(m, {}).get("value", "") for m in names}}
+            for label, r in zip(labels, records)]
+    numeric = [m for m in names if all(isinstance(row[m], (int, float)) for row in rows)][:max_plots]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    body = [f"# Comparison of {len(run_dirs)} runs\n", markdown_table(rows, max_rows=len(rows))]
+    if numeric:
+        fig = Figure(figsize=(4 * len(numeric), 3.5))
+        axes = fig.subplots(1, len(numeric), squeeze=False)
+        for ax, metric in zip(axes[0], numeric):
+            ax.bar(labels, [row[metric] for row in rows])
+            ax.set_title(metric, fontsize=9)
+            ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / "comparison.png", dpi=110)
+        body.append("![comparison](comparison.png)\n")
+    return _write(out_dir, "\n".join(body), "Run comparison")

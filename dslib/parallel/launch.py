@@ -50,14 +50,27 @@ def _rank_logs(log_dir: Path, stream: str) -> dict[int, Path]:
 
 
 def _failed_rank(launcher_err: str, stderr_logs: dict[int, Path]) -> int | None:
-    """The root-cause rank torchrun reports, else the first rank whose stderr has a traceback."""
-    match = re.search(r"Root Cause.*?rank\s*:\s*(\d+)", launcher_err, re.S)
+    """The root-cause rank torchrun (or srun) reports, else the first rank with a traceback."""
+    match = re.search(r"Root Cause.*?rank\s*:\s*(\d+)", launcher_err, re.S) \
+        or re.search(r"task (\d+): Exited with exit code [1-9]", launcher_err)
     if match:
         return int(match.group(1))
     for rank in sorted(stderr_logs):
         if "Traceback" in stderr_logs[rank].read_text(errors="replace"):
             return rank
     return None
+
+
+def _split_labelled(work: Path) -> dict[int, Path]:
+    """srun --label output ('1: text') split into one stderr file per rank."""
+    lines: dict[int, list[str]] = {}
+    for line in (work / "launcher.err").read_text(errors="replace").splitlines():
+        label, sep, text = line.partition(": ")
+        if sep and label.strip().isdigit():
+            lines.setdefault(int(label), []).append(text)
+    for rank, rank_lines in lines.items():
+        (work / f"rank{rank}.err").write_text("\n".join(rank_lines))
+    return {rank: work / f"rank{rank}.err" for rank in lines}
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -86,14 +99,15 @@ def _command(launcher: str, nprocs: int, log_dir: Path, worker_args: list[str]) 
         env.update(MASTER_ADDR=hosts[0], MASTER_PORT=str(free_port()))
         for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # srun's SLURM_* variables decide these
             env.pop(var, None)
-        return ["srun", f"--ntasks={nprocs}", "--kill-on-bad-exit=1", sys.executable, *worker], env
+        # --label prefixes each line with its rank, which is how a failure is attributed
+        return ["srun", f"--ntasks={nprocs}", "--kill-on-bad-exit=1", "--label", sys.executable, *worker], env
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nprocs}", "--nnodes=1",
             "--master-addr=127.0.0.1", f"--master-port={free_port()}", f"--log-dir={log_dir}",
             "--redirects=3", *worker], env
 
 
 def launch(entry: str, nprocs: int = 2, kwargs: dict[str, Any] | None = None, timeout: float = 300,
-           launcher: str = "auto", echo_output: bool = False) -> Any:
+           launcher: str = "auto") -> Any:
     """Run ``entry`` ('package.module:function', called as function(**kwargs)) on ``nprocs`` ranks.
 
     Returns rank 0's return value. ``launcher``: 'torchrun' (local ranks), 'srun' (ranks of the
@@ -124,10 +138,7 @@ def launch(entry: str, nprocs: int = 2, kwargs: dict[str, Any] | None = None, ti
             finally:
                 _kill_group(proc)  # nothing of the group survives, whatever happened
         launcher_err = (work / "launcher.err").read_text(errors="replace")
-        stderr_logs = _rank_logs(log_dir, "stderr")
-        if echo_output:
-            for rank, path in sorted(_rank_logs(log_dir, "stdout").items()):
-                print(f"[rank {rank}] " + path.read_text(errors="replace").rstrip().replace("\n", f"\n[rank {rank}] "))
+        stderr_logs = _rank_logs(log_dir, "stderr") if launcher == "torchrun" else _split_labelled(work)
         if proc.returncode != 0:
             rank = _failed_rank(launcher_err, stderr_logs)
             tail = _tail(stderr_logs[rank]) if rank in stderr_logs else "\n".join(launcher_err.splitlines()[-TAIL_LINES:])

@@ -1,0 +1,137 @@
+"""Training throughput and MFU of the Transformer-XL model on this machine.
+
+Measures, in one run: the fp32 matmul peak (large square matmuls), then training
+steps (forward, backward, AdamW) of a config for
+  gpt          plain GPT of the same shape (SDPA, absolute positions)  [baseline]
+  txl          Transformer-XL, no memory (relative attention only)
+  txl_memory   Transformer-XL carrying memory_length cached states
+Variants are interleaved round by round so machine load hits them alike.
+MFU = tokens/s * flops_per_token(config) / measured peak (dslib.model.flops).
+Writes outputs/bench/model.json and model.md.
+
+    PYTHONPATH=. python benchmarks/bench_model.py [--config small] [--batch-size 8]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from dslib.env import outputs_dir
+from dslib.model import TransformerXL, count_parameters, flops_per_token, load_config
+from dslib.model.gpt import GPT
+
+
+def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 3) -> float:
+    """Best fp32 matmul FLOP/s over a few large square sizes."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+class Variant:
+    """One model being trained step by step, carrying its memory if it has one."""
+
+    def __init__(self, name: str, model: torch.nn.Module, batch_size: int, seq_len: int,
+                 vocab: int, flops: float):
+        self.name, self.model, self.flops = name, model, flops
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        self.batch = torch.randint(0, vocab, (batch_size, seq_len + 1))
+        self.mems = None
+        self.step_times: list[float] = []
+
+    def step(self) -> float:
+        idx, targets = self.batch[:, :-1], self.batch[:, 1:]
+        start = time.perf_counter()
+        if isinstance(self.model, TransformerXL):
+            out = self.model(idx, self.mems, targets)
+            self.mems = out.mems
+        else:
+            out = self.model(idx, targets=targets)
+        self.opt.zero_grad(set_to_none=True)
+        (out.loss + out.aux_loss).backward()
+        self.opt.step()
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="small")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps-per-round", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = load_config(args.config)
+    T, B = config.seq_len, args.batch_size
+    variants = [
+        Variant("gpt", GPT(config), B, T, config.vocab_size,
+                flops_per_token(config, with_memory=False, relative_attention=False)),
+        Variant("txl", TransformerXL(config.model_copy(update={"memory_length": 0})),
+                B, T, config.vocab_size, flops_per_token(config, with_memory=False)),
+        Variant("txl_memory", TransformerXL(config), B, T, config.vocab_size,
+                flops_per_token(config, with_memory=True)),
+    ]
+    peaks = [matmul_peak()]
+    for v in variants:  # warm-up; txl_memory also fills its memory
+        v.step(), v.step()
+    for _ in range(args.rounds):
+        for v in variants:
+            v.step_times += [v.step() for _ in range(args.steps_per_round)]
+    peaks.append(matmul_peak())
+    peak = max(peaks)
+
+    rows, base = [], None
+    for v in variants:
+        step_s = statistics.median(v.step_times)
+        tok_s = B * T / step_s
+        base = base or step_s
+        rows.append({
+            "variant": v.name, "step_s": step_s, "tokens_per_s": tok_s,
+            "gflop_per_token": v.flops / 1e9, "achieved_gflops": tok_s * v.flops / 1e9,
+            "mfu": tok_s * v.flops / peak, "step_time_vs_gpt": step_s / base,
+        })
+    result = {
+        "config": config.model_dump(), "batch_size": B, "threads": args.threads,
+        "parameters": count_parameters(config), "matmul_peak_gflops": peak / 1e9,
+        "matmul_peaks_gflops": [p / 1e9 for p in peaks], "variants": rows,
+        "steps_timed_per_variant": args.rounds * args.steps_per_round,
+    }
+    out_dir = outputs_dir() / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "model.json").write_text(json.dumps(result, indent=2))
+    lines = [
+        f"# Model training throughput: `{args.config}` config, batch {B} x {T} tokens, "
+        f"{args.threads} threads",
+        "",
+        f"fp32 matmul peak measured in this run: {peak / 1e9:.1f} GFLOP/s "
+        f"(start/end: {', '.join(f'{p / 1e9:.1f}' for p in peaks)}); "
+        f"{count_parameters(config) / 1e6:.2f}M parameters; median of "
+        f"{args.rounds * args.steps_per_round} steps per variant.",
+        "",
+        "| variant | step (s) | tokens/s | GFLOP/token | GFLOP/s | MFU | step time vs gpt |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | "
+            f"{r['gflop_per_token']:.4f} | {r['achieved_gflops']:.1f} | {r['mfu']:.1%} | "
+            f"{r['step_time_vs_gpt']:.2f}x |"
+        )
+    (out_dir / "model.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

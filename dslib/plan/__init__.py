@@ -1,0 +1,15 @@
+"""Resource planning: memory, FLOP and communication cost models (chapter 02; used by 05 and 09).
+
+    memory.model_states(n_params, zero_stage=3, gpus_per_node=8, ...)  model states per rank
+    memory.activation_memory(seq_len=, micro_batch=, hidden=, heads=, layers=, ...)
+    memory.buffer_bytes(n_params, zero_stage)   DDP / DeepSpeed bucket buffers
+    flops.training_flops_per_token(n_params, layers, hidden, seq_len, memory_length)
+    comm.step_volume / comm.step_comm_time / comm.overlapped_step   per-step communication
+    measure.measure_loopback_link(sizes)        this machine's all-reduce, fitted alpha-beta
+    claims.check_*                              the article's claims with their assumptions
+"""
+from dslib.plan import comm, flops, memory
+from dslib.plan.memory import ActivationShape, MemoryPlan, ModelStateMemory, activation_memory, model_states
+
+__all__ = ["comm", "flops", "memory", "ActivationShape", "MemoryPlan", "ModelStateMemory",
+           "activation_memory", "model_states"]

@@ -1,0 +1,164 @@
+"""Transformer-XL model: relative shift, masking, memory, gate, config, counts (tiny sizes)."""
+import pytest
+import torch
+from pydantic import ValidationError
+
+from dslib.model import (
+    RelativeAttention, TransformerXL, count_parameters, flops_per_token, load_config,
+    matmul_parameters, rel_shift, sinusoidal_embedding,
+)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("M", [0, 5])
+def test_rel_shift_equals_direct_scores(M):
+    B, H, T, D = 2, 3, 7, 4
+    S = M + T
+    q, r, v_bias = torch.randn(B, H, T, D), torch.randn(H, S, D), torch.randn(H, 1, D)
+    by_distance = (q + v_bias) @ r.transpose(1, 2)  # column c = distance S-1-c
+    shifted = rel_shift(by_distance)
+    for i in range(T):
+        for j in range(i + M + 1):  # every visible key
+            direct = ((q[:, :, i] + v_bias[:, 0]) * r[:, S - 1 - (i + M - j)]).sum(-1)
+            torch.testing.assert_close(shifted[:, :, i, j], direct)
+
+
+def test_attention_with_query_positions_matches_full_attention():
+    attn = RelativeAttention(16, 4).eval()
+    M, T = 3, 6
+    context, pos_emb = torch.randn(2, M + T, 16), sinusoidal_embedding(M + T, 16)
+    full = attn(context[:, M:], context, pos_emb)
+    pos = torch.tensor([[0, 2, 5], [4, 1, 3]])
+    subset = attn(context[:, M:].gather(1, pos[..., None].expand(-1, -1, 16)), context, pos_emb, pos + M)
+    torch.testing.assert_close(subset, full.gather(1, pos[..., None].expand(-1, -1, 16)))
+
+
+def test_causal_mask_future_token_does_not_change_earlier_logits():
+    model = TransformerXL(load_config("tiny")).eval()
+    idx = torch.randint(0, 512, (2, 32))
+    changed = idx.clone()
+    changed[:, 20] = (idx[:, 20] + 1) % 512
+    a, b = model(idx).logits, model(changed).logits
+    torch.testing.assert_close(a[:, :20], b[:, :20])
+    assert not torch.allclose(a[:, 20:], b[:, 20:])
+
+
+@pytest.mark.parametrize("memory_length", [0, 16])
+def test_memory_carries_information_across_segments(memory_length):
+    model = TransformerXL(load_config("tiny", memory_length=memory_length)).eval()
+    seg1a, seg1b, seg2 = (torch.randint(0, 512, (2, 16)) for _ in range(3))
+    mems_a, mems_b = model(seg1a).mems, model(seg1b).mems
+    assert all(m.size(1) == memory_length and not m.requires_grad for m in mems_a)
+    a, b = model(seg2, mems_a).logits, model(seg2, mems_b).logits
+    if memory_length:
+        assert (a - b).abs().max() > 1e-3
+    else:
+        torch.testing.assert_close(a, b)
+
+
+def test_memory_is_truncated_to_memory_length():
+    model = TransformerXL(load_config("tiny", memory_length=24))
+    out = model(torch.randint(0, 512, (2, 16)))
+    out = model(torch.randint(0, 512, (2, 16)), out.mems)
+    assert [m.shape for m in out.mems] == [torch.Size([2, 24, 64])] * 2
+
+
+def test_loss_is_mean_cross_entropy_and_none_without_targets():
+    model = TransformerXL(load_config("tiny"))
+    idx = torch.randint(0, 512, (2, 16))
+    out = model(idx, targets=idx)
+    expected = torch.nn.functional.cross_entropy(out.logits.reshape(-1, 512), idx.reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+    assert model(idx).loss is None and float(out.aux_loss) == 0.0 and out.stats == {}
+    assert model.head.weight is model.embed.weight
+
+
+def _gated(granularity, penalty=0.0):
+    return load_config("tiny", gate={"enabled": True, "penalty": penalty, "granularity": granularity})
+
+
+@pytest.mark.parametrize("granularity", ["sequence", "token"])
+def test_gate_parameters_get_gradients(granularity):
+    model = TransformerXL(_gated(granularity, penalty=0.1))
+    idx = torch.randint(0, 512, (4, 16))
+    out = model(idx, targets=idx)
+    (out.loss + out.aux_loss).backward()
+    for name, p in model.named_parameters():
+        if ".gate." in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("granularity", ["sequence", "token"])
+def test_eval_skipping_equals_hard_gating(granularity):
+    model = TransformerXL(_gated(granularity)).eval()
+    for block in model.blocks:  # mixed decisions: about half kept
+        torch.nn.init.zeros_(block.gate.fc_out.bias)
+        torch.nn.init.normal_(block.gate.fc_out.weight, std=1.0)
+    idx = torch.randint(0, 512, (8, 16))
+    mems = model(torch.randint(0, 512, (8, 16))).mems
+    skipped = model(idx, mems)
+    assert 0.1 < float(skipped.stats["gate_skip_fraction"]) < 0.9
+    model.set_skip_compute(False)
+    dense = model(idx, mems)
+    torch.testing.assert_close(skipped.logits, dense.logits, rtol=1e-4, atol=1e-5)
+    for a, b in zip(skipped.mems, dense.mems):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_gate_learns_to_skip_under_high_penalty():
+    model = TransformerXL(_gated("sequence", penalty=5.0))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    idx = torch.randint(0, 512, (8, 16))
+    for _ in range(40):
+        out = model(idx, targets=idx)
+        opt.zero_grad()
+        (out.loss + out.aux_loss).backward()
+        opt.step()
+    model.eval()
+    assert float(model(idx).stats["gate_skip_fraction"]) > 0.5
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"num_attention_heads": 5}, "num_attention_heads"),
+        ({"hidden_size": -64}, "hidden_size"),
+        ({"memory_length": -1}, "memory_length"),
+        ({"num_layer": 3}, "num_layer"),
+        ({"gate": {"penalty": -1.0}}, "penalty"),
+        ({"gate": {"granularity": "layer"}}, "granularity"),
+    ],
+)
+def test_invalid_config_names_the_field(overrides, field):
+    with pytest.raises(ValidationError, match=field):
+        load_config("tiny", **overrides)
+
+
+def test_configs_load_and_overrides_merge():
+    small = load_config("small")
+    assert small.num_layers == 6 and small.name == "small"
+    article = load_config("article")
+    assert (article.hidden_size, article.num_attention_heads, article.intermediate_size,
+            article.memory_length) == (1024, 16, 4096, 512)
+    gated = load_config("tiny", gate={"enabled": True})
+    assert gated.gate.enabled and gated.gate.temperature == 1.0
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_parameter_count_matches_module(gate):
+    config = load_config("tiny", gate={"enabled": gate})
+    model = TransformerXL(config)
+    assert count_parameters(config) == sum(p.numel() for p in model.parameters())
+
+
+def test_flops_formula():
+    config = load_config("small")
+    L, d, T, M = 6, 384, 256, 256
+    gpt = 6 * matmul_parameters(config) + 12 * L * T * d
+    assert flops_per_token(config, with_memory=False, relative_attention=False) == gpt
+    with_mem = flops_per_token(config, with_memory=True)
+    assert with_mem == 6 * matmul_parameters(config) + 12 * L * d * d * M / T + 18 * L * (T + M) * d
