@@ -31,9 +31,10 @@ def _builder(op: str):
 
 def is_built(op: str) -> bool:
     """True when the op's shared library is already in the extensions cache (no compile on use)."""
-    name = _builder(op).name
-    root = Path(os.environ["TORCH_EXTENSIONS_DIR"])
-    return any(root.glob(f"**/{name}/{name}*.so"))
+    if op not in BOOK_OPS:
+        raise ValueError(f"unknown op {op!r}; the book uses: {', '.join(BOOK_OPS)}")
+    root = Path(os.environ["TORCH_EXTENSIONS_DIR"])  # the op's name is its folder's name
+    return any(root.glob(f"**/{op}/{op}*.so"))
 
 
 def build(op: str) -> float:

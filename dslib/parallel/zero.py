@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from dslib.env import cache_dir, device
+from dslib.env import device
 from dslib.parallel.ds_config import DeepSpeedConfig, load_ds_config
 
 
@@ -65,20 +65,14 @@ def token_batches(tokens: torch.Tensor, step: int, global_batch: int, seq_len: i
     return windows[:, :-1], windows[:, 1:]
 
 
-def prepare_tokens(vocab_size: int, source: str = "kjv", limit: int = 20000) -> Path:
-    """Tokenise ``limit`` documents of a corpus once; returns a cached tensor file the ranks load."""
+def prepare_shards(vocab_size: int, source: str = "kjv", limit: int = 20000) -> Path:
+    """Tokenise ``limit`` documents of a corpus once (cached shards); returns the folder the ranks read."""
+    from dslib.data.shards import build_shards
     from dslib.data.sources import load
     from dslib.data.tokenizer import get_tokenizer
 
-    path = cache_dir() / "tokens" / f"{source}-{limit}-v{vocab_size}.pt"
-    if not path.exists():
-        texts = list(load(source, limit=limit)["text"])
-        tokenizer = get_tokenizer(texts, vocab_size)
-        ids = [i for ids in tokenizer.encode_batch(texts) for i in ids + [tokenizer.eos_id]]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(torch.tensor(ids, dtype=torch.long), path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
-    return path
+    texts = list(load(source, limit=limit)["text"])
+    return build_shards(texts, get_tokenizer(texts, vocab_size)).folder
 
 
 def _largest_module_params(model: torch.nn.Module) -> int:
@@ -86,7 +80,7 @@ def _largest_module_params(model: torch.nn.Module) -> int:
     return max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
 
 
-def train_rank(ds_config: dict, model: str, model_overrides: dict, tokens_path: str, steps: int,
+def train_rank(ds_config: dict, model: str, model_overrides: dict, shards: str, steps: int,
                seed: int = 0, nvme_dir: str | None = None, save_dir: str | None = None,
                save_every: int = 0, resume: bool = False, kill_at_step: int = -1,
                kill_rank: int = 1, config_name: str = "") -> ZeroResult:
@@ -94,6 +88,7 @@ def train_rank(ds_config: dict, model: str, model_overrides: dict, tokens_path: 
     import deepspeed
     import torch.distributed as dist
 
+    from dslib.data.shards import load_shards
     from dslib.model import TransformerXL, load_config
     from dslib.parallel.ops import skip_shm_comm
     from dslib.parallel.zero_memory import folder_bytes, model_state_bytes, process_memory
@@ -120,7 +115,7 @@ def train_rank(ds_config: dict, model: str, model_overrides: dict, tokens_path: 
         if load_path is None:
             raise FileNotFoundError(f"resume=True but no DeepSpeed checkpoint in {save_dir}")
         first_step = engine.global_steps
-    tokens = torch.load(tokens_path)
+    tokens = torch.from_numpy(load_shards(shards).tokens("train").astype("int64"))
     micro = cfg.train_micro_batch_size_per_gpu
     losses, step_times, memory = [], [], {}
     for step in range(first_step, steps):
@@ -170,7 +165,7 @@ def run_zero(config: str = "zero3", nprocs: int = 2, model: str = "tiny", steps:
     if needs_nvme and nvme_dir is None:
         raise ValueError(f"config {config!r} offloads to NVMe: pass nvme_dir (a folder on a local disk)")
     kwargs = dict(ds_config=cfg.as_dict(), model=model, model_overrides=model_overrides or {},
-                  tokens_path=str(prepare_tokens(model_cfg.vocab_size, token_source, token_docs)),
+                  shards=str(prepare_shards(model_cfg.vocab_size, token_source, token_docs)),
                   steps=steps, seed=seed, nvme_dir=str(nvme_dir) if nvme_dir else None,
                   config_name=config, **{k: str(v) if k == "save_dir" else v for k, v in checkpointing.items()})
     return launch(entry="dslib.parallel.zero:train_rank", nprocs=nprocs, kwargs=kwargs, timeout=timeout)
