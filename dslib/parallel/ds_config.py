@@ -5,6 +5,16 @@ processes started; a typo then costs a launch and a traceback per rank. Here the
 book varies (ZeRO stage, offload devices, NVMe path, batch sizes) are checked by pydantic in
 the parent process, and an error names the field (``zero_optimization.offload_param.device``).
 Other DeepSpeed keys pass through untouched (``extra="allow"``) for DeepSpeed to check.
+
+The book's configs (JSON has no comments, so they are explained here):
+  zero0..zero3        torch AdamW (``torch_adam``), small buckets (5e5) for small models, stage 3
+                      with ``stage3_param_persistence_threshold: 0`` so every weight is partitioned
+  zero3_offload_cpu   stage 3, optimizer partition + Adam states on CPU (DeepSpeedCPUAdam, cpu_adam op)
+  zero3_nvme          + parameter partitions on NVMe, in the form that works on CPU ranks:
+                      no prefetch (``stage3_prefetch_bucket_size: 0``), 40 swap buffers (prefetching
+                      tripped "Not enough buffers" / "already assigned swap buffer id" assertions)
+  article             the article's config: stage 3, optimizer -> CPU, parameters -> NVMe,
+                      DeepSpeed's defaults otherwise (for GPU clusters)
 """
 from __future__ import annotations
 
