@@ -63,10 +63,11 @@ def model_state_bytes(engine) -> dict[str, int]:
     out = {"params": 0, "params_nvme": 0}
     for p in params:
         if hasattr(p, "ds_tensor"):  # stage 3: only the partition is this rank's
-            key = "params_nvme" if _on_nvme(p) else "params"
-            out[key] += p.ds_tensor.numel() * p.ds_tensor.element_size()
-            if key == "params":  # a master copy sharing this storage is then not counted twice
-                seen.add(p.ds_tensor.untyped_storage().data_ptr())
+            if _on_nvme(p):  # its ds_tensor is a placeholder while the partition is on disk
+                out["params_nvme"] += p.partition_numel() * p.ds_tensor.element_size()
+                continue
+            out["params"] += p.ds_tensor.numel() * p.ds_tensor.element_size()
+            seen.add(p.ds_tensor.untyped_storage().data_ptr())  # a master copy sharing it counts once
     if not any(hasattr(p, "ds_tensor") for p in params):
         out["params"] = _storage_bytes((p.data for p in params), seen)
     masters = [t for attr in MASTER_ATTRS for t in _tensors(getattr(zero_optimizer, attr, None))]
