@@ -55,7 +55,8 @@ def plot_memory(results: list[ZeroResult]):
                   label="chapter 02 model")
     ax_states.set_ylabel("model states per rank (MB)")
     ax_states.set_xticks(list(xs), [row["run"] for row in rows], rotation=30, ha="right", fontsize=8)
-    ax_states.legend(fontsize=7)
+    ax_states.set_ylim(0, max(bottom + predicted) * 1.45)  # headroom for the legend
+    ax_states.legend(fontsize=7, ncol=3, loc="upper center")
     ax_rss.bar(list(xs), [row["rss_MB"] for row in rows], color="tab:purple")
     ax_rss.set_ylabel("process RSS, rank 0 (MB)")
     ax_rss.set_xticks(list(xs), [row["run"] for row in rows], rotation=30, ha="right", fontsize=8)
