@@ -1,0 +1,107 @@
+"""DeepSpeed configs (configs/deepspeed/*.json): load, override, validate before any rank starts.
+
+DeepSpeed validates its config inside ``deepspeed.initialize``, i.e. on every rank after the
+processes started; a typo then costs a launch and a traceback per rank. Here the fields the
+book varies (ZeRO stage, offload devices, NVMe path, batch sizes) are checked by pydantic in
+the parent process, and an error names the field (``zero_optimization.offload_param.device``).
+Other DeepSpeed keys pass through untouched (``extra="allow"``) for DeepSpeed to check.
+
+The book's configs (JSON has no comments, so they are explained here):
+  zero0..zero3        torch AdamW (``torch_adam``), small buckets (5e5) for small models, stage 3
+                      with ``stage3_param_persistence_threshold: 0`` so every weight is partitioned
+  zero3_offload_cpu   stage 3, optimizer partition + Adam states on CPU (DeepSpeedCPUAdam, cpu_adam op)
+  zero3_nvme          + parameter partitions on NVMe, in the form that works on CPU ranks:
+                      no prefetch (``stage3_prefetch_bucket_size: 0``), 40 swap buffers (prefetching
+                      tripped "Not enough buffers" / "already assigned swap buffer id" assertions)
+  article             the article's config: stage 3, optimizer -> CPU, parameters -> NVMe,
+                      DeepSpeed's defaults otherwise (for GPU clusters)
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dslib.env import REPO_ROOT
+
+CONFIG_DIR = REPO_ROOT / "configs" / "deepspeed"
+
+
+class Offload(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    device: Literal["none", "cpu", "nvme"] = "none"
+    nvme_path: str | None = None
+
+    @model_validator(mode="after")
+    def _nvme_needs_path(self) -> "Offload":
+        if self.device == "nvme" and not self.nvme_path:
+            raise ValueError("device 'nvme' needs nvme_path (a folder on a local disk)")
+        return self
+
+
+class ZeroSection(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    stage: Literal[0, 1, 2, 3] = 0
+    offload_optimizer: Offload | None = None
+    offload_param: Offload | None = None
+
+    @model_validator(mode="after")
+    def _offload_needs_stage(self) -> "ZeroSection":
+        if self.offload_param and self.offload_param.device != "none" and self.stage != 3:
+            raise ValueError(f"offload_param needs stage 3 (parameters are partitioned only there), "
+                             f"got stage {self.stage}")
+        if self.offload_optimizer and self.offload_optimizer.device != "none" and self.stage == 0:
+            raise ValueError("offload_optimizer needs stage >= 1 (ZeRO-Offload moves the optimizer's "
+                             "partition)")
+        return self
+
+
+class DeepSpeedConfig(BaseModel):
+    """The checked part of a DeepSpeed config; anything else is kept for DeepSpeed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    train_micro_batch_size_per_gpu: int = Field(gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    zero_optimization: ZeroSection = ZeroSection()
+
+    @property
+    def stage(self) -> int:
+        return self.zero_optimization.stage
+
+    def offload_device(self, what: Literal["optimizer", "param"]) -> str:
+        section = getattr(self.zero_optimization, f"offload_{what}")
+        return section.device if section else "none"
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_ds_config(name_or_path: str | Path, overrides: dict | None = None) -> DeepSpeedConfig:
+    """configs/deepspeed/<name>.json (or a path) with nested ``overrides`` merged in, validated.
+
+    ``load_ds_config("zero3", {"zero_optimization": {"stage": 5}})`` raises a ValidationError
+    naming ``zero_optimization.stage``.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.json"
+    if not path.exists():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+        raise FileNotFoundError(f"no DeepSpeed config {name_or_path!r}; known: {known}")
+    return DeepSpeedConfig(**_merge(json.loads(path.read_text()), overrides or {}))

@@ -1,0 +1,88 @@
+"""ZeRO runs on 2 CPU ranks (gloo): same loss at every stage, configs refused early, checkpoints resume.
+
+Each launch starts 2 ranks that import torch + DeepSpeed (~10-15 s on 2 cores). No test here
+needs a compiled op: stages 0-3 use torch's AdamW and DeepSpeed's shm all-reduce is skipped.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+from pydantic import ValidationError
+
+from dslib.parallel import ops
+from dslib.parallel.ds_config import load_ds_config
+from dslib.parallel.launch import LaunchError
+from dslib.parallel.zero import run_zero
+from dslib.parallel.zero_memory import predicted_model_states
+
+STEPS = 4
+# wide MLPs: their stage-3 partitions reach DeepSpeed's 1 MiB minimum for NVMe swapping
+WIDE = {"hidden_size": 256, "intermediate_size": 2048}
+OFFLOAD_OPS_BUILT = all(ops.is_built(op) for op in ("cpu_adam", "async_io"))
+
+
+@pytest.fixture(scope="module")
+def zero3_run():
+    return run_zero("zero3", nprocs=2, model="tiny", steps=STEPS)
+
+
+def test_stage0_and_stage3_reach_the_same_loss(zero3_run):
+    zero0 = run_zero("zero0", nprocs=2, model="tiny", steps=STEPS)
+    assert zero0.stage == 0 and zero3_run.stage == 3
+    assert zero3_run.losses[-1] < zero3_run.losses[0]  # it trains
+    assert zero3_run.losses == pytest.approx(zero0.losses, rel=1e-4)
+    # stage 3 keeps half the weights per rank on 2 ranks; stage 0 keeps all of them
+    assert zero3_run.memory[0]["params"] == pytest.approx(zero0.memory[0]["params"] / 2, rel=0.02)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"zero_optimization": {"stage": 5}}, "zero_optimization.stage"),
+    ({"zero_optimization": {"stage": 3, "offload_param": {"device": "ssd"}}},
+     "zero_optimization.offload_param.device"),
+    ({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "gpu"}}},
+     "zero_optimization.offload_optimizer.device"),
+    ({"zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"}}}, "offload_param needs stage 3"),
+])
+def test_invalid_config_is_refused_before_any_process_starts(overrides, field):
+    start = time.perf_counter()
+    with pytest.raises(ValidationError) as error:
+        run_zero("zero3", nprocs=2, ds_overrides=overrides)
+    assert field in str(error.value)
+    assert time.perf_counter() - start < 5  # no rank was launched
+
+
+def test_nvme_config_needs_a_path():
+    with pytest.raises(ValueError, match="nvme_dir"):
+        run_zero("article", nprocs=2)
+    assert load_ds_config("article").offload_device("param") == "nvme"
+
+
+def test_killed_rank_is_named_and_the_run_resumes_to_the_same_loss(tmp_path, zero3_run):
+    with pytest.raises(LaunchError) as error:
+        run_zero("zero3", nprocs=2, model="tiny", steps=STEPS, save_dir=tmp_path, save_every=2,
+                 kill_at_step=2, kill_rank=1)
+    assert error.value.rank == 1 and "rank 1" in str(error.value)
+    assert (tmp_path / "latest").read_text().strip() == "step2"
+    resumed = run_zero("zero3", nprocs=2, model="tiny", steps=STEPS, save_dir=tmp_path, resume=True)
+    assert resumed.first_step == 2
+    assert resumed.losses == pytest.approx(zero3_run.losses[2:], rel=1e-5)
+
+
+def test_measured_model_states_match_the_memory_model(zero3_run):
+    r = zero3_run
+    predicted = predicted_model_states(r.n_params, r.stage, r.world_size, largest_layer_params=r.largest_layer_params)
+    assert r.model_state_bytes == pytest.approx(predicted["in_memory"], rel=0.15)
+    assert r.process[0]["rss"] > r.model_state_bytes  # RSS is shown beside, never instead
+
+
+@pytest.mark.skipif(not OFFLOAD_OPS_BUILT, reason="needs DeepSpeed's cpu_adam and async_io ops compiled "
+                    "(minutes on a cold cache): run `python -m dslib.parallel.ops build` once")
+def test_nvme_offload_puts_parameter_partitions_on_disk(tmp_path):
+    r = run_zero("zero3_nvme", nprocs=2, model="tiny", model_overrides=WIDE, steps=3, nvme_dir=tmp_path)
+    on_nvme = r.memory[0]["params_nvme"]
+    assert on_nvme >= 2**20  # at least one 1 MiB partition was swapped
+    assert r.nvme_bytes[0] >= on_nvme  # and its bytes are in the swap folder
+    predicted = predicted_model_states(r.n_params, 3, 2, "cpu", "nvme", r.largest_layer_params)
+    assert r.model_state_bytes + on_nvme == pytest.approx(predicted["in_memory"] + predicted["nvme"], rel=0.15)
+    assert r.losses[-1] < r.losses[0]
