@@ -9,7 +9,7 @@ PROFILE ?= cpu
 # Idle OpenMP threads sleep instead of spinning (see dslib/env.py); set before torch loads.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup test unit notebooks cookbook lab bench clean
+.PHONY: setup ops test unit notebooks cookbook lab bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip check || exit 1; \
 	touch $(STAMP); echo "==> setup done in $$((SECONDS - start)) s"
 
-test: setup
+# DeepSpeed's C++ ops (cpu_adam, cpu_lion, async_io), compiled once into .cache/torch_extensions
+ops: setup
+	@start=$$SECONDS; echo "==> DeepSpeed ops (compiled once per checkout)"; \
+	$(PY) -m dslib.parallel.ops build || echo "note: an op did not build; the runs that need it are skipped"; \
+	echo "==> ops ready in $$((SECONDS - start)) s"
+
+test: setup ops
 	@start=$$SECONDS; $(PY) -m pytest -v --durations=15; rc=$$?; \
 	echo "==> tests finished in $$((SECONDS - start)) s"; exit $$rc
 
@@ -34,7 +40,7 @@ unit: setup
 notebooks: setup
 	$(PY) -m pytest -v tests/test_notebooks.py
 
-cookbook: setup
+cookbook: setup ops
 	$(VENV)/bin/dslib cookbook --profile $(PROFILE)
 
 lab: setup

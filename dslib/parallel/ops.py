@@ -61,11 +61,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", choices=["build", "status"])
     parser.add_argument("ops", nargs="*", default=list(BOOK_OPS), help=f"default: {' '.join(BOOK_OPS)}")
     args = parser.parse_args(argv)
+    failed = []
     for op in args.ops:
         if args.command == "status":
             print(f"{op:10s} {'built' if is_built(op) else 'not built'}")
-        else:
+            continue
+        try:  # one op that cannot build (e.g. async_io without libaio-dev) must not stop the others
             print(f"{op:10s} ready in {build(op):.1f} s", flush=True)
+        except Exception as err:
+            failed.append(op)
+            print(f"{op:10s} FAILED: {type(err).__name__}: {str(err).splitlines()[-1] if str(err) else ''}",
+                  flush=True)
+    if failed:
+        raise SystemExit(f"ops not built: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
