@@ -77,46 +77,50 @@ def train_gated(base: TransformerXL, penalty: float | None, cfg: TrainConfig, tr
     return model, result
 
 
+def _timed_forward(model: TransformerXL, idx, targets, mems) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = model(idx, mems=mems, targets=targets)
+    if idx.device.type == "cuda":
+        torch.cuda.synchronize(idx.device)
+    return time.perf_counter() - start, out
+
+
 @torch.no_grad()
-def _read_stream(model: TransformerXL, loader: StreamLoader, batches: int) -> tuple[float, float, float]:
-    """(mean loss, mean skipped fraction, seconds) over the first `batches` segments, with memory."""
-    loader.rewind()
-    device = next(model.parameters()).device
-    mems, loss, skipped = None, 0.0, 0.0
-    elapsed = 0.0
-    for _ in range(batches):
-        idx, targets = (t.to(device) for t in loader.next_batch())
-        start = time.perf_counter()
-        out = model(idx, mems=mems, targets=targets)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        elapsed += time.perf_counter() - start
-        mems = out.mems
-        loss += float(out.loss)
-        skipped += float(out.stats.get("gate_skip_fraction", 0.0))
-    loader.rewind()
-    return loss / batches, skipped / batches, elapsed
-
-
 def measure_inference(model: TransformerXL, reference: TransformerXL, loader: StreamLoader, batches: int,
                       repeats: int = 3) -> dict:
     """Loss, skipped fraction and time per token of a gated model (skipping and masking)
-    and of the ungated reference, on the same segments; times are the best of `repeats`."""
+    and of the ungated reference, reading the same segments with memory.
+
+    The three modes take turns on every segment, `repeats` times each, and a segment's
+    time is its fastest run: on a shared machine, load bursts then hit all modes alike.
+    """
     batches = min(batches, loader.steps_per_epoch)
-    tokens = batches * loader.batch_size * loader.seq_len
+    device = next(model.parameters()).device
     model.eval(), reference.eval()
-    times = {"skipping": [], "masked": [], "ungated": []}
-    for _ in range(repeats):
-        for mode in ("skipping", "masked"):
-            model.set_skip_compute(mode == "skipping")
-            loss, skipped, seconds = _read_stream(model, loader, batches)
-            times[mode].append(seconds)
-        ref_loss, _, seconds = _read_stream(reference, loader, batches)
-        times["ungated"].append(seconds)
+    modes = {"skipping": (model, True), "masked": (model, False), "ungated": (reference, None)}
+    mems = dict.fromkeys(modes)
+    seconds, losses = dict.fromkeys(modes, 0.0), dict.fromkeys(modes, 0.0)
+    skipped = 0.0
+    loader.rewind()
+    for _ in range(batches):
+        idx, targets = (t.to(device) for t in loader.next_batch())
+        for mode, (net, skip) in modes.items():
+            if skip is not None:
+                net.set_skip_compute(skip)
+            runs = [_timed_forward(net, idx, targets, mems[mode]) for _ in range(repeats)]
+            out = runs[-1][1]
+            seconds[mode] += min(t for t, _ in runs)
+            losses[mode] += float(out.loss)
+            mems[mode] = out.mems
+            if mode == "skipping":
+                skipped += float(out.stats["gate_skip_fraction"])
+    loader.rewind()
     model.set_skip_compute(True)
-    us = {mode: 1e6 * min(t) / tokens for mode, t in times.items()}
+    tokens = batches * loader.batch_size * loader.seq_len
+    us = {mode: 1e6 * s / tokens for mode, s in seconds.items()}
+    loss, ref_loss = losses["skipping"] / batches, losses["ungated"] / batches
     return {"val_loss": loss, "ungated_val_loss": ref_loss, "loss_cost": loss - ref_loss,
-            "skip_fraction": skipped, "us_per_token_skipping": us["skipping"],
+            "skip_fraction": skipped / batches, "us_per_token_skipping": us["skipping"],
             "us_per_token_masked": us["masked"], "us_per_token_ungated": us["ungated"],
             "time_ratio_vs_ungated": us["skipping"] / us["ungated"],
             "time_ratio_vs_masked": us["skipping"] / us["masked"]}
