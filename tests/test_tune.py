@@ -48,3 +48,18 @@ def test_shared_mlp_model_has_the_expected_parameter_count():
     out = model(torch.randint(0, 512, (2, 16)), targets=torch.randint(0, 512, (2, 16)))
     out.loss.backward()  # the shared weights collect the gradient of all layers of the group
     assert model.blocks[1].mlp.fc_in.weight.grad is model.blocks[0].mlp.fc_in.weight.grad
+
+
+def test_powersgd_counted_bytes_match_the_matrix_shape_formula():
+    from dslib.parallel.launch import launch
+    from dslib.tune.powersgd import compressed_elements, step_bytes
+
+    runs = launch("dslib.tune.powersgd:compare_compression", nprocs=2, timeout=240,
+                  kwargs={"ranks": [2], "steps": 4, "start_iter": 2, "batch_size": 2})
+    plain, compressed = runs
+    shapes = plain["shapes"]
+    assert plain["bytes_per_step"] == [4 * sum(torch.Size(s).numel() for s in shapes)] * 4
+    # warm-up steps are plain all-reduces, then (n + m) * r per compressed [n, m] matrix
+    assert compressed["bytes_per_step"] == [step_bytes(shapes, None)] * 2 + [step_bytes(shapes, 2)] * 2
+    assert compressed_elements((512, 64), 2) == (512 + 64) * 2 and compressed_elements((64,), 2) == 64
+    assert step_bytes(shapes, None) / step_bytes(shapes, 2) > 10
