@@ -63,3 +63,11 @@ def test_powersgd_counted_bytes_match_the_matrix_shape_formula():
     assert compressed["bytes_per_step"] == [step_bytes(shapes, None)] * 2 + [step_bytes(shapes, 2)] * 2
     assert compressed_elements((512, 64), 2) == (512 + 64) * 2 and compressed_elements((64,), 2) == 64
     assert step_bytes(shapes, None) / step_bytes(shapes, 2) > 10
+
+
+def test_rank_for_one_sixteenth_follows_the_shapes():
+    from dslib.tune.powersgd import rank_for_ratio, step_bytes
+
+    shapes = [(512, 64), (64, 64), (256, 64), (64, 256), (64,)]
+    r = rank_for_ratio(shapes, 16.0)
+    assert step_bytes(shapes, None) / step_bytes(shapes, r) >= 16 > step_bytes(shapes, None) / step_bytes(shapes, r + 1)

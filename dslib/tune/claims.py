@@ -37,7 +37,7 @@ def check_ckpt_sharing_98_to_65(plain_MB: float, tuned_MB: float, every: int, sh
                      / modelled_training_bytes(article, article_micro_batch, None, None))
     ratio_here = tuned_MB / plain_MB
     predicted = start * ratio_article
-    rows = [{"setting": "measured here (fp32, small model)", "plain_MB": plain_MB, "tuned_MB": tuned_MB,
+    rows = [{"setting": "measured here (fp32)", "plain_MB": plain_MB, "tuned_MB": tuned_MB,
              "ratio": ratio_here, "98%_becomes": start * ratio_here},
             {"setting": f"modelled: article model, mixed precision, micro-batch {article_micro_batch}",
              "ratio": ratio_article, "98%_becomes": predicted}]

@@ -84,19 +84,20 @@ def _train_step(net, optimizer, idx) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def step_time(model: str = "tiny", model_overrides: dict[str, Any] | None = None,
-              checkpoint_every: int | None = None, share_group: int | None = None, batch_size: int = 8,
-              steps: int = 3, seed: int = 0) -> float:
-    """Fastest of ``steps`` timed training steps in this process, after one warm-up step."""
-    net, optimizer, idx = _tuned_setup(model, model_overrides or {}, checkpoint_every, share_group,
-                                       batch_size, seed)
-    _train_step(net, optimizer, idx)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        _train_step(net, optimizer, idx)
-        times.append(time.perf_counter() - start)
-    return min(times)
+def step_times(configs: list[dict[str, Any]], rounds: int = 3) -> list[float]:
+    """Fastest step of each configuration (``_tuned_setup`` keyword dicts), timed round-robin
+    in this process after one warm-up step each: a slow phase of a shared machine then hits
+    every configuration alike instead of whichever ran during it."""
+    setups = [_tuned_setup(**config) for config in configs]
+    for setup in setups:
+        _train_step(*setup)
+    best = [float("inf")] * len(setups)
+    for _ in range(rounds):
+        for i, setup in enumerate(setups):
+            start = time.perf_counter()
+            _train_step(*setup)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
 
 
 def measure(model: str = "tiny", model_overrides: dict[str, Any] | None = None,
@@ -122,11 +123,11 @@ def checkpoint_sweep(everies: list[int | None], model: str = "tiny", model_overr
     from dslib.tune.checkpointing import modelled_activation_bytes, modelled_recompute_overhead
 
     config = load_config(model, **(model_overrides or {}))
-    rows = []
-    for every in everies:
-        row = measure(model, model_overrides, every, None, batch_size)
-        row["step_s"] = step_time(model, model_overrides, every, None, batch_size, timed_steps)
-        rows.append(row)
+    rows = [measure(model, model_overrides, every, None, batch_size) for every in everies]
+    configs = [dict(model=model, model_overrides=model_overrides or {}, checkpoint_every=every, share_group=None,
+                    batch_size=batch_size, seed=0) for every in everies]
+    for row, seconds in zip(rows, step_times(configs, timed_steps)):
+        row["step_s"] = seconds
     plain = next((r for r in rows if r["checkpoint_every"] is None), rows[0])
     for row in rows:
         row["time_overhead"] = row["step_s"] / plain["step_s"] - 1
