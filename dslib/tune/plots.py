@@ -54,3 +54,25 @@ def powersgd_curves(runs: list[dict[str, Any]]):
     ax_loss.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def overlap_timeline(result: dict[str, Any]):
+    """Each bucket's all-reduce (start to end) against the backward pass, per bucket cap."""
+    fig, axes = viz.new_figure(2)
+    ax_tl, ax_step = axes[0]
+    for row, entry in enumerate(result["buckets"]):
+        ax_tl.barh(row, entry["backward_s"] * 1e3, color="lightgray", height=0.8,
+                   label="backward (returns after the last all-reduce)" if row == 0 else None)
+        for event in entry["events"]:
+            end = event.get("end_s", event["start_s"])
+            ax_tl.barh(row, (end - event["start_s"]) * 1e3, left=event["start_s"] * 1e3, height=0.4,
+                       color="tab:blue", label="bucket all-reduce" if row == 0 and event["bucket"] == 0 else None)
+    ax_tl.set_yticks(range(len(result["buckets"])), [f"{e['bucket_cap_mb']} MB" for e in result["buckets"]])
+    ax_tl.set(xlabel="ms after backward starts", ylabel="bucket_cap_mb", title="DDP all-reduce during backward")
+    ax_tl.legend(fontsize=8)
+    labels = [f"overlap, {e['bucket_cap_mb']} MB" for e in result["buckets"]] + ["sync after backward"]
+    ax_step.bar(labels, [e["step_s"] * 1e3 for e in result["buckets"]] + [result["sync"]["step_s"] * 1e3])
+    ax_step.set(ylabel="step time (ms, fastest)", title="Overlapped buckets vs one all-reduce after backward")
+    ax_step.tick_params(axis="x", labelsize=7, rotation=20)
+    fig.tight_layout()
+    return fig
