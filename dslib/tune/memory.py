@@ -103,9 +103,22 @@ def step_times(configs: list[dict[str, Any]], rounds: int = 3) -> list[float]:
 def measure(model: str = "tiny", model_overrides: dict[str, Any] | None = None,
             checkpoint_every: int | None = None, share_group: int | None = None, batch_size: int = 8,
             steps: int = 2, seed: int = 0, timeout: float = 300) -> dict[str, Any]:
-    """``measure_in_this_process`` in a fresh Python process; returns its result."""
+    """``measure_in_this_process`` in a fresh Python process; returns its result.
+
+    An identical configuration is measured once per calling process (the result is cached).
+    """
     args = dict(model=model, model_overrides=model_overrides or {}, checkpoint_every=checkpoint_every,
                 share_group=share_group, batch_size=batch_size, steps=steps, seed=seed)
+    key = json.dumps(args, sort_keys=True)
+    if key not in _measured:
+        _measured[key] = _measure_fresh(args, timeout)
+    return dict(_measured[key])
+
+
+_measured: dict[str, dict[str, Any]] = {}
+
+
+def _measure_fresh(args: dict[str, Any], timeout: float) -> dict[str, Any]:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-m", "dslib.tune.memory", json.dumps(args)], env=env,
