@@ -89,3 +89,11 @@ def overlap_timeline(bucket_caps_mb: list[float], steps: int = 5, model: str = "
         ddp.zero_grad(set_to_none=True)
     results["sync"] = {"step_s": min(step_s[1:] or step_s)}
     return results
+
+
+def communication_experiments(powersgd: dict[str, Any], overlap: dict[str, Any]) -> dict[str, Any]:
+    """Entry for ``launch``: PowerSGD comparison and overlap timeline on the same ranks (one
+    start-up of the ranks instead of two); the kwargs of each entry as dicts."""
+    from dslib.tune.powersgd import compare_compression
+
+    return {"powersgd": compare_compression(**powersgd), "overlap": overlap_timeline(**overlap)}
