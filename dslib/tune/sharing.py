@@ -45,12 +45,12 @@ def compare_sharing(group_size: int, model: str = "tiny", model_overrides: dict 
     Returns, per variant, its parameter count, losses per step, and the measured peak
     training memory of a step (dslib.tune.memory.measure, fresh process).
     """
+    import torch
+
     from dslib.model import TransformerXL, load_config
     from dslib.train import TrainConfig, Trainer
     from dslib.tune.memory import measure
     from dslib.tune.synthetic import markov_tokens
-
-    import torch
 
     config = load_config(model, **(model_overrides or {}))
     tokens = markov_tokens(config.vocab_size, (steps + 2) * config.seq_len * batch_size, seed=seed)
