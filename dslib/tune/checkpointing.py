@@ -1,0 +1,89 @@
+"""Activation checkpointing applied from outside the model, and what it should cost.
+
+The article lists "activation checkpointing" and "gradient checkpointing" as two
+techniques: they are one. A checkpointed layer keeps only its input in the forward pass
+and recomputes its activations during backward; the two names differ only in which
+layers are checkpointed. Here ``apply_checkpointing(model, every=k)`` wraps the forward
+of every k-th block (blocks 0, k, 2k, ...) in ``torch.utils.checkpoint.checkpoint``
+(non-reentrant), without touching the model's code: k=1 checkpoints every layer, k=4
+("recompute every 4 layers") a quarter of them.
+
+The modelled costs use the chapter 02 formulas (dslib.plan.memory.layer_activation_bytes
+and dslib.model.flops.flops_breakdown):
+  activations(k) = max(stored, max over checkpointed i of stored_below(i) + layer)
+                   where checkpointed layers store only their input (e*s*b*h), the others
+                   their full activations (``layer``); while checkpointed layer i is
+                   recomputed in backward, everything above it is already freed
+  recompute(k)   = c/L * (forward FLOPs of the layers) / (training FLOPs of the step)
+"""
+from __future__ import annotations
+
+import functools
+
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from dslib.model.config import ModelConfig
+from dslib.model.flops import flops_breakdown
+from dslib.plan.memory import ActivationShape, layer_activation_bytes
+
+
+def checkpointed_layers(num_layers: int, every: int | None) -> list[int]:
+    """Indices of the blocks that ``apply_checkpointing`` wraps: 0, k, 2k, ... (none for None)."""
+    if every is None:
+        return []
+    if every < 1:
+        raise ValueError(f"every must be >= 1 or None, got {every}")
+    return list(range(0, num_layers, every))
+
+
+def _checkpointed_forward(forward, *args, **kwargs):
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+def apply_checkpointing(model: nn.Module, every: int | None) -> list[int]:
+    """Wrap the forward of every ``every``-th block of ``model.blocks``; returns their indices.
+
+    Each wrapped block recomputes its forward in backward: gradients are unchanged. The
+    instance attribute shadows the class's forward, so ``remove_checkpointing`` undoes it.
+    """
+    layers = checkpointed_layers(len(model.blocks), every)
+    for i in layers:
+        block = model.blocks[i]
+        block.forward = functools.partial(_checkpointed_forward, type(block).forward.__get__(block))
+    return layers
+
+
+def remove_checkpointing(model: nn.Module) -> None:
+    """Back to the plain forward for every block."""
+    for block in model.blocks:
+        block.__dict__.pop("forward", None)
+
+
+def modelled_activation_bytes(config: ModelConfig, micro_batch: int, every: int | None,
+                              element_bytes: int = 4) -> float:
+    """Activation bytes of one step with every k-th layer checkpointed (module docstring formula).
+
+    No memory (first segment) and no logits: the part checkpointing changes.
+    """
+    shape = ActivationShape(seq_len=config.seq_len, micro_batch=micro_batch, hidden=config.hidden_size,
+                            heads=config.num_attention_heads, layers=config.num_layers,
+                            element_bytes=element_bytes, dropout=config.dropout > 0)
+    layer = layer_activation_bytes(shape)
+    layer_input = element_bytes * config.seq_len * micro_batch * config.hidden_size
+    wrapped = set(checkpointed_layers(config.num_layers, every))
+    stored, peak = 0.0, 0.0
+    for i in range(config.num_layers):
+        if i in wrapped:
+            peak = max(peak, stored + layer)  # layers below i still hold what they stored
+        stored += layer_input if i in wrapped else layer
+    return max(peak, stored)
+
+
+def modelled_recompute_overhead(config: ModelConfig, every: int | None) -> float:
+    """Extra compute of a step (fraction) from re-running the checkpointed layers' forward."""
+    parts = flops_breakdown(config, with_memory=False)
+    head = 6.0 * config.vocab_size * config.hidden_size
+    layers_forward = (parts["dense"] - head + parts["attention"]) / 3
+    c = len(checkpointed_layers(config.num_layers, every))
+    return c / config.num_layers * layers_forward / sum(parts.values())
