@@ -100,12 +100,11 @@ def test_combine_over_local_modules():
 
 # ---- model-facing parts: a small random TransformerXL is enough for these identities ----
 
-import random as _random  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dslib.eval.prompts import MultipleChoice, accuracy_from_loglikelihoods, continuation_suite  # noqa: E402
+from dslib.eval.prompts import accuracy_from_loglikelihoods, continuation_suite  # noqa: E402
 from dslib.eval.robustness import PERTURBATIONS, case_change, hotflip, typo, word_delete, word_swap  # noqa: E402
 
 TEXTS = [

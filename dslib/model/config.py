@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from dslib.configs import deep_merge
 from dslib.env import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "configs" / "model"
@@ -73,16 +74,6 @@ class ModelConfig(BaseModel):
         return self.hidden_size // self.num_attention_heads
 
 
-def _deep_merge(base: dict, overrides: dict) -> dict:
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def load_config(name_or_path: str | Path, **overrides: Any) -> ModelConfig:
     """Load configs/model/<name>.yaml (or a YAML path), apply overrides, validate.
 
@@ -97,4 +88,4 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> ModelConfig:
         raise FileNotFoundError(f"no model config {name_or_path!r}; known: {known}")
     raw = yaml.safe_load(path.read_text()) or {}
     raw.setdefault("name", path.stem)
-    return ModelConfig(**_deep_merge(raw, overrides))
+    return ModelConfig(**deep_merge(raw, overrides))

@@ -18,13 +18,13 @@ The book's configs (JSON has no comments, so they are explained here):
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dslib.configs import deep_merge
 from dslib.env import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "configs" / "deepspeed"
@@ -82,16 +82,6 @@ class DeepSpeedConfig(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def _merge(base: dict, overrides: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def load_ds_config(name_or_path: str | Path, overrides: dict | None = None) -> DeepSpeedConfig:
     """configs/deepspeed/<name>.json (or a path) with nested ``overrides`` merged in, validated.
 
@@ -104,4 +94,4 @@ def load_ds_config(name_or_path: str | Path, overrides: dict | None = None) -> D
     if not path.exists():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
         raise FileNotFoundError(f"no DeepSpeed config {name_or_path!r}; known: {known}")
-    return DeepSpeedConfig(**_merge(json.loads(path.read_text()), overrides or {}))
+    return DeepSpeedConfig(**deep_merge(json.loads(path.read_text()), overrides or {}))
