@@ -12,15 +12,18 @@ def _workers_alive() -> int:
     return len(out.split())
 
 
-def test_two_ranks_all_reduce():
-    result = launch("dslib.parallel.demo:all_reduce_sum", nprocs=2, kwargs={"size": 3}, timeout=120)
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_two_ranks_all_reduce(launcher):
+    result = launch("dslib.parallel.demo:all_reduce_sum", nprocs=2, kwargs={"size": 3}, timeout=120,
+                    launcher=launcher)
     assert result == {"world_size": 2, "backend": "gloo", "sum": [3.0, 3.0, 3.0], "slurm_step": None}
 
 
-def test_a_rank_that_exits_names_itself():
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_a_rank_that_exits_names_itself(launcher):
     with pytest.raises(LaunchError) as info:
         launch("dslib.parallel.demo:fail_on_rank", nprocs=2, kwargs={"rank": 1, "message": "rank one broke"},
-               timeout=120)
+               timeout=120, launcher=launcher)
     assert info.value.rank == 1 and "rank 1" in str(info.value)
     assert "RuntimeError: rank one broke" in info.value.stderr_tail
     assert _workers_alive() == 0

@@ -22,7 +22,7 @@ from typing import Any
 from dslib.env import REPO_ROOT
 
 TAIL_LINES = 25
-LAUNCHERS = ("auto", "torchrun", "srun")
+LAUNCHERS = ("auto", "torchrun", "deepspeed", "srun")
 
 
 class LaunchError(RuntimeError):
@@ -101,6 +101,9 @@ def _command(launcher: str, nprocs: int, log_dir: Path, worker_args: list[str]) 
             env.pop(var, None)
         # --label prefixes each line with its rank, which is how a failure is attributed
         return ["srun", f"--ntasks={nprocs}", "--kill-on-bad-exit=1", "--label", sys.executable, *worker], env
+    if launcher == "deepspeed":  # DeepSpeed's own launcher (on CPU it spawns N local ranks too)
+        return [sys.executable, "-m", "deepspeed.launcher.runner", f"--num_gpus={nprocs}",
+                f"--master_port={free_port()}", "--no_local_rank", "--module", *worker[1:]], env
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nprocs}", "--nnodes=1",
             "--master-addr=127.0.0.1", f"--master-port={free_port()}", f"--log-dir={log_dir}",
             "--redirects=3", *worker], env
@@ -110,8 +113,9 @@ def launch(entry: str, nprocs: int = 2, kwargs: dict[str, Any] | None = None, ti
            launcher: str = "auto") -> Any:
     """Run ``entry`` ('package.module:function', called as function(**kwargs)) on ``nprocs`` ranks.
 
-    Returns rank 0's return value. ``launcher``: 'torchrun' (local ranks), 'srun' (ranks of the
-    current Slurm allocation) or 'auto' (srun inside an allocation, else torchrun).
+    Returns rank 0's return value. ``launcher``: 'torchrun' (local ranks), 'deepspeed' (DeepSpeed's
+    launcher, local ranks), 'srun' (ranks of the current Slurm allocation) or 'auto' (srun inside
+    an allocation, else torchrun).
     """
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
@@ -140,8 +144,12 @@ def launch(entry: str, nprocs: int = 2, kwargs: dict[str, Any] | None = None, ti
         launcher_err = (work / "launcher.err").read_text(errors="replace")
         stderr_logs = _rank_logs(log_dir, "stderr") if launcher == "torchrun" else _split_labelled(work)
         if proc.returncode != 0:
-            rank = _failed_rank(launcher_err, stderr_logs)
-            tail = _tail(stderr_logs[rank]) if rank in stderr_logs else "\n".join(launcher_err.splitlines()[-TAIL_LINES:])
+            raised = sorted(work.glob("rank*.error"), key=lambda p: p.stat().st_mtime)
+            if raised:  # the first rank whose entry raised (see worker.error_file)
+                rank, tail = int(raised[0].stem[4:]), _tail(raised[0])
+            else:  # killed without a Python exception (a signal): what the launcher saw
+                rank = _failed_rank(launcher_err, stderr_logs)
+                tail = _tail(stderr_logs[rank]) if rank in stderr_logs else "\n".join(launcher_err.splitlines()[-TAIL_LINES:])
             raise LaunchError(f"{entry} failed on rank {rank if rank is not None else '?'} "
                               f"({launcher} exit code {proc.returncode})", rank, tail)
         if not result_file.exists():

@@ -11,6 +11,7 @@ import importlib
 import os
 import pickle
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +24,10 @@ def resolve_entry(entry: str) -> Callable[..., Any]:
     if not sep:
         raise ValueError(f"entry must look like 'package.module:function', got {entry!r}")
     return getattr(importlib.import_module(module_name), func_name)
+
+
+def error_file(folder: Path, rank: int) -> Path:
+    return folder / f"rank{rank}.error"
 
 
 def _map_slurm_env() -> None:
@@ -46,11 +51,17 @@ def main(argv: list[str] | None = None) -> None:
     import dslib  # noqa: F401  (offline env and op cache)
     from dslib.env import dist_backend
 
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group(backend=dist_backend())
-    kwargs = pickle.loads(args.args_file.read_bytes())
-    result = resolve_entry(args.entry)(**kwargs)
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group(backend=dist_backend())
+        kwargs = pickle.loads(args.args_file.read_bytes())
+        result = resolve_entry(args.entry)(**kwargs)
+    except BaseException:
+        # every launcher mixes or hides rank output differently: this file is how the
+        # launching side learns, whatever the launcher, which rank failed and why
+        error_file(args.result_file.parent, int(os.environ["RANK"])).write_text(traceback.format_exc())
+        raise
     if dist.get_rank() == 0:
         tmp = args.result_file.with_suffix(".tmp")
         tmp.write_bytes(pickle.dumps(result))
