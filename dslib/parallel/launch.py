@@ -49,12 +49,15 @@ def _rank_logs(log_dir: Path, stream: str) -> dict[int, Path]:
     return {int(p.parent.name): p for p in log_dir.glob(f"**/attempt_*/*/{stream}.log")}
 
 
-def _failed_rank(launcher_err: str, stderr_logs: dict[int, Path]) -> int | None:
-    """The root-cause rank torchrun (or srun) reports, else the first rank with a traceback."""
+def _failed_rank(launcher_err: str, stderr_logs: dict[int, Path], raised: list[int]) -> int | None:
+    """The first rank to fail: what torchrun or srun report (a rank killed by a signal leaves no
+    traceback, and the ranks it leaves waiting then raise too), else the first traceback."""
     match = re.search(r"Root Cause.*?rank\s*:\s*(\d+)", launcher_err, re.S) \
-        or re.search(r"task (\d+): Exited with exit code [1-9]", launcher_err)
+        or re.search(r"task (\d+): (?:Exited with exit code [1-9]|Killed)", launcher_err)
     if match:
         return int(match.group(1))
+    if raised:
+        return raised[0]
     for rank in sorted(stderr_logs):
         if "Traceback" in stderr_logs[rank].read_text(errors="replace"):
             return rank
@@ -144,12 +147,10 @@ def launch(entry: str, nprocs: int = 2, kwargs: dict[str, Any] | None = None, ti
         launcher_err = (work / "launcher.err").read_text(errors="replace")
         stderr_logs = _rank_logs(log_dir, "stderr") if launcher == "torchrun" else _split_labelled(work)
         if proc.returncode != 0:
-            raised = sorted(work.glob("rank*.error"), key=lambda p: p.stat().st_mtime)
-            if raised:  # the first rank whose entry raised (see worker.error_file)
-                rank, tail = int(raised[0].stem[4:]), _tail(raised[0])
-            else:  # killed without a Python exception (a signal): what the launcher saw
-                rank = _failed_rank(launcher_err, stderr_logs)
-                tail = _tail(stderr_logs[rank]) if rank in stderr_logs else "\n".join(launcher_err.splitlines()[-TAIL_LINES:])
+            # tracebacks the workers wrote (worker.error_file), first written first
+            raised = {int(p.stem[4:]): p for p in sorted(work.glob("rank*.error"), key=lambda p: p.stat().st_mtime)}
+            rank = _failed_rank(launcher_err, stderr_logs, list(raised))
+            tail = _tail(raised.get(rank) or stderr_logs.get(rank) or work / "launcher.err")
             raise LaunchError(f"{entry} failed on rank {rank if rank is not None else '?'} "
                               f"({launcher} exit code {proc.returncode})", rank, tail)
         if not result_file.exists():
