@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 
@@ -14,3 +15,14 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
         else:
             merged[key] = value
     return merged
+
+
+def config_path(name_or_path: str | Path, folder: Path, suffix: str, kind: str) -> Path:
+    """A config by name (``folder/<name><suffix>``) or by path; a clear error lists the known names."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = folder / f"{name_or_path}{suffix}"
+    if not path.exists():
+        known = sorted(p.stem for p in folder.glob(f"*{suffix}"))
+        raise FileNotFoundError(f"no {kind} config {str(name_or_path)!r}; known: {known}")
+    return path

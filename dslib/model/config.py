@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from dslib.configs import deep_merge
+from dslib.configs import config_path, deep_merge
 from dslib.env import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "configs" / "model"
@@ -80,12 +80,7 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> ModelConfig:
     Nested sections merge key by key: `load_config("tiny", gate={"enabled": True})`
     keeps the file's other gate settings.
     """
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"no model config {name_or_path!r}; known: {known}")
+    path = config_path(name_or_path, CONFIG_DIR, ".yaml", "model")
     raw = yaml.safe_load(path.read_text()) or {}
     raw.setdefault("name", path.stem)
     return ModelConfig(**deep_merge(raw, overrides))

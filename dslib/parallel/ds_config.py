@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dslib.configs import deep_merge
+from dslib.configs import config_path, deep_merge
 from dslib.env import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "configs" / "deepspeed"
@@ -88,10 +88,5 @@ def load_ds_config(name_or_path: str | Path, overrides: dict | None = None) -> D
     ``load_ds_config("zero3", {"zero_optimization": {"stage": 5}})`` raises a ValidationError
     naming ``zero_optimization.stage``.
     """
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = CONFIG_DIR / f"{name_or_path}.json"
-    if not path.exists():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-        raise FileNotFoundError(f"no DeepSpeed config {name_or_path!r}; known: {known}")
+    path = config_path(name_or_path, CONFIG_DIR, ".json", "DeepSpeed")
     return DeepSpeedConfig(**deep_merge(json.loads(path.read_text()), overrides or {}))
