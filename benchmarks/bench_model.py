@@ -27,19 +27,8 @@ import torch
 from dslib.env import outputs_dir
 from dslib.model import TransformerXL, count_parameters, flops_per_token, load_config
 from dslib.model.gpt import GPT
+from dslib.plan.measure import matmul_peak
 
-
-def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 3) -> float:
-    """Best fp32 matmul FLOP/s over a few large square sizes."""
-    best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        a @ b  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            best = max(best, 2 * n**3 / (time.perf_counter() - start))
-    return best
 
 
 class Variant:

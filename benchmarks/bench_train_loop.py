@@ -23,20 +23,9 @@ import torch
 
 from dslib.env import outputs_dir
 from dslib.model import TransformerXL, flops_per_token, load_config
+from dslib.plan.measure import matmul_peak
 from dslib.train import TrainConfig, Trainer
 
-
-def matmul_peak(sizes=(1024, 2048), repeats: int = 3) -> float:
-    """Best fp32 matmul FLOP/s over a few large square matmuls."""
-    best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        a @ b
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            best = max(best, 2 * n**3 / (time.perf_counter() - start))
-    return best
 
 
 class Bare:
@@ -83,14 +72,14 @@ def main() -> None:
     cfg = TrainConfig(steps=steps, batch_size=B, seq_len=T, warmup_steps=1, progress=False)
     trainer = Trainer(TransformerXL(config), cfg, tokens, device="cpu")
     variants = {"bare": bare.step, "trainer": trainer.train_step}
-    peaks = [matmul_peak()]
+    peaks = [matmul_peak((1024, 2048))]
     for step in variants.values():  # warm-up, fills the memories
         step(), step()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, step in variants.items():
             times[name] += [timed(step) for _ in range(args.steps_per_round)]
-    peaks.append(matmul_peak())
+    peaks.append(matmul_peak((1024, 2048)))
     peak, flops = max(peaks), flops_per_token(config, with_memory=True)
 
     rows, base = [], statistics.median(times["bare"])

@@ -98,13 +98,10 @@ def measure_loopback_link(sizes: list[int], repeats: int = 5, n_ranks: int = 2) 
     return link, timings
 
 
-def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
-    """FLOP/s of an n x n fp32 matmul on dslib's device (this process's threads): the local peak."""
+def _matmul_seconds(n: int, repeats: int, device) -> list[float]:
+    """Wall seconds of ``repeats`` n x n fp32 matmuls on ``device``, after one warm-up."""
     import torch
 
-    from dslib import env
-
-    device = env.device()
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     a @ b  # warm-up
@@ -117,4 +114,18 @@ def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         samples.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(samples)
+    return samples
+
+
+def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of an n x n fp32 matmul on dslib's device (this process's threads): the local peak."""
+    from dslib import env
+
+    return 2 * n**3 / statistics.median(_matmul_seconds(n, repeats, env.device()))
+
+
+def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 3, device: str = "cpu") -> float:
+    """Best fp32 matmul FLOP/s over a few large square sizes: the peak MFU is measured against."""
+    import torch
+
+    return max(2 * n**3 / t for n in sizes for t in _matmul_seconds(n, repeats, torch.device(device)))
