@@ -30,8 +30,7 @@ def markdown_table(rows: list[dict[str, Any]], max_rows: int = MAX_TABLE_ROWS) -
     return "\n".join(lines) + "\n"
 
 
-def chapter_section(run_dir: Path, base: Path) -> str:
-    record = read_record(run_dir)
+def chapter_section(run_dir: Path, record: dict[str, Any], base: Path) -> str:
     info = record.get("run", {})
     stem = record.get("stem") or run_dir.name
     status = info.get("status", "missing")
@@ -56,10 +55,9 @@ def chapter_section(run_dir: Path, base: Path) -> str:
     return "\n".join(out)
 
 
-def claims_ledger(run_dirs: list[Path]) -> str:
+def claims_ledger(records: dict[Path, dict[str, Any]]) -> str:
     checks: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for run_dir in run_dirs:
-        record = read_record(run_dir)
+    for run_dir, record in records.items():
         for claim_id, check in record.get("claims", {}).items():
             checks.setdefault(claim_id, []).append((record.get("stem", run_dir.name), check))
     rows = []
@@ -75,13 +73,14 @@ def claims_ledger(run_dirs: list[Path]) -> str:
 def build(run_dirs: list[Path], out_dir: Path, title: str = "The dslib cookbook") -> tuple[Path, Path]:
     """Write ``index.md`` and ``index.html`` in ``out_dir`` from the given run directories."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_dirs = sorted(run_dirs, key=lambda d: read_record(d).get("stem", d.name))
-    statuses = [read_record(d).get("run", {}).get("status", "missing") for d in run_dirs]
-    summary = markdown_table([{"chapter": read_record(d).get("run", {}).get("title", d.name),
-                               "status": s, "wall_s": read_record(d).get("run", {}).get("wall_s", "")}
-                              for d, s in zip(run_dirs, statuses)], max_rows=len(run_dirs))
-    body = "\n\n".join([f"# {title}\n", summary, claims_ledger(run_dirs),
-                        *(chapter_section(d, out_dir) for d in run_dirs)])
+    records = {d: read_record(d) for d in run_dirs}  # each metrics.json read once
+    records = dict(sorted(records.items(), key=lambda item: item[1].get("stem", item[0].name)))
+    summary = markdown_table([{"chapter": r.get("run", {}).get("title", d.name),
+                               "status": r.get("run", {}).get("status", "missing"),
+                               "wall_s": r.get("run", {}).get("wall_s", "")}
+                              for d, r in records.items()], max_rows=len(records))
+    body = "\n\n".join([f"# {title}\n", summary, claims_ledger(records),
+                        *(chapter_section(d, r, out_dir) for d, r in records.items())])
     return _write(out_dir, body, title)
 
 
