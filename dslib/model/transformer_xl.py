@@ -127,12 +127,17 @@ class TransformerXL(nn.Module):
         self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # weight tying
         self.apply(self._init_weights)
-        residual_std = 0.02 / (2 * config.num_layers) ** 0.5
         for block in self.blocks:
-            nn.init.normal_(block.attn.o_proj.weight, std=residual_std)
-            nn.init.normal_(block.mlp.fc_out.weight, std=residual_std)
-            if block.gate is not None:
-                block.gate.reset_keep_bias()
+            self.init_residual(block, config.num_layers)
+
+    @staticmethod
+    def init_residual(block: Block, num_layers: int) -> None:
+        """Residual-branch outputs start smaller (GPT-2's 1/sqrt(2 * layers)); the gate starts keeping."""
+        residual_std = 0.02 / (2 * num_layers) ** 0.5
+        nn.init.normal_(block.attn.o_proj.weight, std=residual_std)
+        nn.init.normal_(block.mlp.fc_out.weight, std=residual_std)
+        if block.gate is not None:
+            block.gate.reset_keep_bias()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -1,0 +1,308 @@
+"""Pipeline parallel with DeepSpeed (chapter 06): the chapter-03 Transformer-XL as a PipelineModule.
+
+The model becomes a flat list of layer specs, ``embed -> block x L -> norm -> head``, that
+``deepspeed.pipe.PipelineModule`` cuts into stages (``partition_method``: ``uniform`` counts
+layers, ``parameters`` counts weights, ``type:<regex>`` counts layers whose class matches).
+``LayerSpec`` builds a layer only on the stage that owns it. The embedding and the output head
+share one weight through ``TiedLayerSpec("embed", ...)``: each end stage holds a copy and
+DeepSpeed all-reduces the two copies' gradients after backward, so they stay equal.
+
+Why memory-less (memory_length 0): DeepSpeed's engine sends one activation tensor (or tuple)
+from stage to stage per micro-batch, and its 1F1B schedule assumes micro-batches independent.
+Transformer-XL's segment memory carries each layer's states of micro-batch k into micro-batch
+k+1: a recurrence across micro-batches that the schedule would have to serialise (no overlap
+left) and that no stage-to-stage tensor carries. So each segment is attended on its own here.
+
+Every rank records when each pipeline instruction ran (``ForwardPass``, ``SendActivation``, ...);
+dslib.parallel.pipeline_study turns those timestamps into the load balance per stage and
+the measured pipeline bubble, compared with GPipe's ``(p - 1) / (m + p - 1)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dslib.model import ModelConfig, TransformerXL, load_config, sinusoidal_embedding
+from dslib.model.transformer_xl import Block
+from dslib.parallel.ds_config import load_ds_config
+
+@contextlib.contextmanager
+def _seeded(seed: int, layer_index: int):
+    """Each layer draws its initial weights from its own seed: the same on every stage that
+    builds it, and independent of which other layers that stage builds."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1009 + layer_index)
+        yield
+
+
+class EmbeddingPipe(nn.Embedding):
+    """Token ids [B, T] -> vectors [B, T, d]; its weight is also the output head (tied)."""
+
+    def __init__(self, config: ModelConfig, seed: int):
+        with _seeded(seed, 0):
+            super().__init__(config.vocab_size, config.hidden_size)
+            TransformerXL._init_weights(self)
+        self.dropout = config.dropout
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return F.dropout(super().forward(idx), self.dropout, self.training)
+
+
+def head_forward(embedding: EmbeddingPipe, x: torch.Tensor) -> torch.Tensor:
+    """The output head: hidden states times the (tied) embedding matrix -> logits."""
+    return F.linear(x, embedding.weight)
+
+
+class BlockPipe(nn.Module):
+    """One Transformer-XL block on its own segment (no memory): [B, T, d] -> [B, T, d]."""
+
+    def __init__(self, config: ModelConfig, index: int, seed: int):
+        super().__init__()
+        with _seeded(seed, index + 1):
+            self.block = Block(config)
+            self.block.apply(TransformerXL._init_weights)
+            TransformerXL.init_residual(self.block, config.num_layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pos_emb = sinusoidal_embedding(x.size(1), x.size(2), device=x.device, dtype=x.dtype)
+        return self.block(x, x[:, :0], pos_emb)[0]
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def pipe_config(model: str = "tiny", **overrides: Any) -> ModelConfig:
+    """A model config for the pipeline: memory-less (see the module docstring), no gate."""
+    config = load_config(model, **{**overrides, "memory_length": 0})
+    if config.gate.enabled:
+        raise ValueError("the dynamic gate's auxiliary loss is not one activation a stage can pass on: "
+                         "gate.enabled must be false for the pipeline")
+    return config
+
+
+def pipe_layers(config: ModelConfig, seed: int) -> list:
+    """The model as DeepSpeed layer specs (nothing is built until a stage owns a layer)."""
+    from deepspeed.pipe import LayerSpec, TiedLayerSpec
+
+    return [TiedLayerSpec("embed", EmbeddingPipe, config, seed),
+            *(LayerSpec(BlockPipe, config, i, seed) for i in range(config.num_layers)),
+            LayerSpec(nn.LayerNorm, config.hidden_size, eps=config.layer_norm_eps),
+            TiedLayerSpec("embed", EmbeddingPipe, config, seed, forward_fn=head_forward)]
+
+
+def layer_names(config: ModelConfig) -> list[str]:
+    """Class names of the layer list, the names ``type:<regex>`` partitioning matches."""
+    return ["EmbeddingPipe", *["BlockPipe"] * config.num_layers, "LayerNorm", "EmbeddingPipe(head)"]
+
+
+def reference_model(config: ModelConfig, seed: int) -> TransformerXL:
+    """The non-pipelined TransformerXL with exactly the pipeline's initial weights."""
+    model = TransformerXL(config)
+    model.embed.weight.data.copy_(EmbeddingPipe(config, seed).weight)
+    for i, block in enumerate(model.blocks):
+        block.load_state_dict(BlockPipe(config, i, seed).block.state_dict())
+    return model
+
+
+def validate(config: ModelConfig, nprocs: int, stages: int, partition_methods: list[str],
+             micro_batches: list[int], tensor: int = 1) -> None:
+    """Refuse a shape the pipeline cannot run, in this process, before any rank starts."""
+    if stages < 1 or tensor < 1 or nprocs % (stages * tensor):
+        raise ValueError(f"nprocs={nprocs} ranks cannot form pipeline={stages} x tensor={tensor} "
+                         f"(x data parallel): pipeline * tensor must divide nprocs")
+    n_layers = config.num_layers + 3
+    if stages > n_layers:
+        raise ValueError(f"stages={stages} exceeds the {n_layers} layers (embed, {config.num_layers} blocks, "
+                         f"norm, head): a stage would be empty")
+    if any(m < 1 for m in micro_batches):
+        raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+    for method in partition_methods:
+        if method.startswith("type:"):
+            pattern = re.compile(method[5:], re.IGNORECASE)
+            if not any(pattern.search(name) for name in layer_names(config)):
+                raise ValueError(f"partition_method {method!r} matches no layer; layers: {layer_names(config)}")
+        elif method not in ("uniform", "parameters"):
+            raise ValueError(f"partition_method must be 'uniform', 'parameters' or 'type:<regex>', got {method!r}")
+
+
+def pipe_ds_config(micro_batch: int, micro_batches: int, base: str = "zero0") -> dict:
+    """configs/deepspeed/<base>.json for a pipeline: m micro-batches (gradient accumulation) per step.
+
+    No gradient clipping, so a step is the plain AdamW step the single-process reference takes.
+    """
+    overrides = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": micro_batches,
+                 "gradient_clipping": 0.0}
+    return load_ds_config(base, overrides).as_dict()
+
+
+def micro_batch_stream(tokens: torch.Tensor, first_step: int, micro: int, micro_batches: int, seq_len: int,
+                       seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs, targets) micro-batches: step s's global batch (zero.token_batches) cut into m pieces."""
+    from dslib.parallel.zero import token_batches
+
+    step = first_step
+    while True:
+        x, y = token_batches(tokens, step, micro * micro_batches, seq_len, seed)
+        for k in range(micro_batches):
+            yield x[k * micro:(k + 1) * micro], y[k * micro:(k + 1) * micro]
+        step += 1
+
+
+def _record_instructions(engine, events: list) -> None:
+    """Wrap each pipeline instruction of this engine to log (name, start, end) on a clock all
+    processes of the machine share (CLOCK_MONOTONIC)."""
+    def timed(name, run):
+        def wrapper(self, **kwargs):
+            start = time.monotonic()
+            run(self, **kwargs)
+            events.append((name, start, time.monotonic()))
+        return wrapper
+
+    engine._INSTRUCTION_MAP = {cls: timed(cls.__name__, run) for cls, run in type(engine)._INSTRUCTION_MAP.items()}
+
+
+@dataclass
+class PipeRun:
+    """One pipeline training run; rank 0 returns it with every stage's records."""
+
+    label: str                          # which model layout (a study names its layouts)
+    config: dict                        # the ModelConfig it trained
+    partition_method: str
+    micro_batches: int
+    parts: list[int]                    # layer index where each stage starts (+ end)
+    stage_params: list[int]             # parameters held per stage (a tied copy counts where it lives)
+    losses: list[float]                 # train_batch's loss per step (mean over micro-batches)
+    events: list[list[list[tuple]]]     # [stage][step] -> (instruction, start, end)
+    tied_max_diff: float                # after training: max |embedding - head| between the two copies
+
+    @property
+    def stage_layers(self) -> list[list[str]]:
+        names = layer_names(ModelConfig(**self.config))
+        return [names[a:b] for a, b in zip(self.parts, self.parts[1:])]
+
+
+def build_engine(config: ModelConfig, ds_config: dict, partition_method: str, seed: int, topology=None,
+                 stages: int | None = None, transform=None):
+    """PipelineModule + DeepSpeed pipeline engine on this rank. ``transform(module)`` may rewrite the
+    stage's layers in place before the engine wraps them (tensor parallel does)."""
+    import deepspeed
+    from deepspeed.pipe import PipelineModule
+
+    from dslib.env import dist_backend
+    from dslib.parallel.ops import skip_shm_comm
+
+    deepspeed.init_distributed(dist_backend=dist_backend())  # adopts the launcher's process group
+    module = PipelineModule(layers=pipe_layers(config, seed), num_stages=None if topology else stages,
+                            topology=topology, loss_fn=lm_loss, partition_method=partition_method)
+    if transform is not None:
+        transform(module)
+    skip_shm_comm()
+    engine, *_ = deepspeed.initialize(model=module, config=ds_config, dist_init_required=False,
+                                      model_parameters=[p for p in module.parameters() if p.requires_grad])
+    return engine
+
+
+def train_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed: int = 0, stages: int = 2,
+               topology_dims: dict | None = None, transform: str | None = None) -> list[PipeRun]:
+    """One rank: for each run ({"label", "config", "partition_method", "micro_batches"}) build a
+    pipeline and train ``steps`` steps with ``engine.train_batch``, timing every instruction.
+
+    ``topology_dims`` ({"num_pp", "num_mp", "num_dp"}) builds a PipeModelDataParallelTopology;
+    ``transform`` ('module:function', called as function(module, model_parallel_group)) edits each
+    stage before training (tensor parallel).
+    """
+    import torch.distributed as dist
+    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+
+    from dslib.data.shards import load_shards
+    from dslib.parallel.worker import resolve_entry
+
+    tokens = torch.from_numpy(load_shards(shards).tokens("train").astype("int64"))
+    edit = None
+    if transform:
+        edit = lambda module: resolve_entry(transform)(module, module.mpu().get_model_parallel_group())  # noqa: E731
+    results = []
+    for run in runs:
+        model_cfg, m = ModelConfig(**run["config"]), run["micro_batches"]
+        ds_cfg = {**ds_config, "gradient_accumulation_steps": m}
+        topology = PipeModelDataParallelTopology(**topology_dims) if topology_dims else None
+        engine = build_engine(model_cfg, ds_cfg, run["partition_method"], seed, topology, stages, edit)
+        events: list = []
+        _record_instructions(engine, events)
+        data = micro_batch_stream(tokens, 0, ds_cfg["train_micro_batch_size_per_gpu"], m, model_cfg.seq_len, seed)
+        losses, per_step = [], []
+        for _ in range(steps):
+            dist.barrier()  # every stage starts the step together: spans are comparable
+            events.clear()
+            losses.append(engine.train_batch(data).item())
+            per_step.append(list(events))
+        n_params = sum(p.numel() for p in engine.module.parameters())
+        tied = engine.module.tied_modules["embed"].weight.detach() if "embed" in engine.module.tied_modules else None
+        per_rank = [None] * dist.get_world_size()
+        dist.all_gather_object(per_rank, (engine.stage_id, n_params, per_step, tied))
+        by_stage = {}
+        for stage, params, records, weight in per_rank:
+            by_stage.setdefault(stage, (params, records, weight))  # the first rank of each stage speaks for it
+        stages_seen = sorted(by_stage)
+        ends = [by_stage[s][2] for s in (stages_seen[0], stages_seen[-1])]
+        results.append(PipeRun(run["label"], run["config"], run["partition_method"], m, list(engine.module.parts),
+                               [by_stage[s][0] for s in stages_seen], losses, [by_stage[s][1] for s in stages_seen],
+                               (ends[0] - ends[1]).abs().max().item()))
+    return results
+
+
+def train_reference(config: ModelConfig, ds_config: dict, shards: str, steps: int, seed: int = 0) -> list[float]:
+    """The same training in one process, no pipeline: TransformerXL with the pipeline's initial
+    weights, the config's AdamW, the same micro-batches accumulated per step. Losses per step."""
+    from dslib.data.shards import load_shards
+
+    model = reference_model(config, seed)
+    params = {k: v for k, v in ds_config["optimizer"]["params"].items() if k != "torch_adam"}
+    optimizer = torch.optim.AdamW(model.parameters(), **params)
+    m, micro = ds_config["gradient_accumulation_steps"], ds_config["train_micro_batch_size_per_gpu"]
+    tokens = torch.from_numpy(load_shards(shards).tokens("train").astype("int64"))
+    data = micro_batch_stream(tokens, 0, micro, m, config.seq_len, seed)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        total = 0.0
+        for _ in range(m):
+            x, y = next(data)
+            loss = model(x, targets=y).loss
+            (loss / m).backward()
+            total += loss.item()
+        optimizer.step()
+        losses.append(total / m)
+    return losses
+
+
+def run_pipeline(runs: list[dict], stages: int = 2, micro_batch: int = 2, steps: int = 3, seed: int = 0,
+                 tensor: int = 1, transform: str | None = None, token_docs: int = 2000,
+                 timeout: float = 300) -> list[PipeRun]:
+    """Validate every run here, then train them one after the other on stages * tensor ranks (one
+    launch) with DeepSpeed's pipeline engine. A run: {"config": ModelConfig, "partition_method",
+    "micro_batches", "label"}. ``tensor`` > 1 uses PipeModelDataParallelTopology(num_pp=stages,
+    num_mp=tensor, num_dp=1) and needs ``transform`` (the tensor-parallel rewrite of each stage)."""
+    from dslib.parallel.launch import launch
+    from dslib.parallel.zero import prepare_shards
+
+    nprocs = stages * tensor
+    for run in runs:
+        validate(run["config"], nprocs, stages, [run["partition_method"]], [run["micro_batches"]], tensor)
+    if tensor > 1 and transform is None:
+        raise ValueError("tensor > 1 needs transform='module:function' (the tensor-parallel rewrite)")
+    vocab = min(run["config"].vocab_size for run in runs)  # token ids valid for every run's embedding
+    kwargs = dict(runs=[{**run, "config": run["config"].model_dump(), "label": run.get("label", "")} for run in runs],
+                  ds_config=pipe_ds_config(micro_batch, 1), steps=steps, seed=seed,
+                  shards=str(prepare_shards(vocab, limit=token_docs)), stages=stages,
+                  topology_dims=dict(num_pp=stages, num_mp=tensor, num_dp=1) if tensor > 1 else None,
+                  transform=transform)
+    return launch(entry="dslib.parallel.pipeline:train_rank", nprocs=nprocs, kwargs=kwargs, timeout=timeout)

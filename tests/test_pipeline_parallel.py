@@ -1,0 +1,64 @@
+"""DeepSpeed pipeline (deepspeed.pipe) on 2 CPU ranks: same losses as one process, shapes refused early.
+
+One launch of 2 ranks (~15-25 s on 2 cores, most of it importing torch + DeepSpeed).
+"""
+from __future__ import annotations
+
+import pytest
+
+from dslib.parallel import pipeline
+from dslib.parallel.pipeline import pipe_config, pipe_ds_config, run_pipeline, train_reference
+from dslib.parallel.pipeline_study import bubble_formula, idle_fraction, stage_times
+from dslib.parallel.zero import prepare_shards
+
+STEPS, MICRO, M = 4, 2, 3
+TINY = {"num_layers": 3}
+
+
+@pytest.fixture(scope="module")
+def pipe_run():
+    config = pipe_config("tiny", **TINY)
+    return run_pipeline([{"config": config, "partition_method": "type:BlockPipe", "micro_batches": M}],
+                        stages=2, micro_batch=MICRO, steps=STEPS)[0]
+
+
+def test_pipeline_loss_equals_single_process_loss(pipe_run):
+    config = pipe_config("tiny", **TINY)
+    ds_config = pipe_ds_config(MICRO, M)
+    reference = train_reference(config, ds_config, str(prepare_shards(config.vocab_size, limit=2000)), STEPS)
+    assert pipe_run.losses[-1] < pipe_run.losses[0]  # it trains
+    assert pipe_run.losses == pytest.approx(reference, rel=1e-5)
+
+
+def test_tied_embedding_and_head_stay_equal_on_both_stages(pipe_run):
+    # the two copies of the tied weight live on stage 0 and stage 1; only the all-reduce of
+    # their gradients after each backward keeps them equal through AdamW steps
+    assert pipe_run.parts[0] == 0 and len(pipe_run.stage_params) == 2
+    assert pipe_run.stage_layers[0][0] == "EmbeddingPipe" and pipe_run.stage_layers[-1][-1] == "EmbeddingPipe(head)"
+    assert pipe_run.tied_max_diff == 0.0
+
+
+def test_timestamps_give_stage_times_and_a_bubble(pipe_run):
+    assert all(t > 0 for t in stage_times(pipe_run))
+    assert 0 < idle_fraction(pipe_run) < 1
+    assert bubble_formula(2, 1) == 0.5 and bubble_formula(4, 13) == pytest.approx(3 / 16)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"stages": 2, "tensor": 2, "nprocs": 3}, "cannot form"),
+    ({"stages": 9, "tensor": 1, "nprocs": 9}, "would be empty"),
+])
+def test_invalid_shapes_are_refused_before_any_rank_starts(kwargs, message):
+    config = pipe_config("tiny")  # 2 blocks: 5 layers
+    with pytest.raises(ValueError, match=message):
+        pipeline.validate(config, kwargs["nprocs"], kwargs["stages"], ["uniform"], [2], kwargs["tensor"])
+
+
+def test_run_pipeline_refuses_a_bad_partition_method_without_launching(monkeypatch):
+    def no_launch(*args, **kwargs):
+        raise AssertionError("a rank was started")
+    monkeypatch.setattr("dslib.parallel.launch.launch", no_launch)
+    with pytest.raises(ValueError, match="matches no layer"):
+        run_pipeline([{"config": pipe_config("tiny"), "partition_method": "type:Conv", "micro_batches": 2}])
+    with pytest.raises(ValueError, match="gate.enabled"):
+        pipe_config("tiny", gate={"enabled": True})
