@@ -253,7 +253,7 @@ def train_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed:
             by_stage.setdefault(stage, (params, records, weight))  # the first rank of each stage speaks for it
         stages_seen = sorted(by_stage)
         ends = [by_stage[s][2] for s in (stages_seen[0], stages_seen[-1])]
-        results.append(PipeRun(run["label"], run["config"], run["partition_method"], m, list(engine.module.parts),
+        results.append(PipeRun(run["label"], run["config"], run["partition_method"], m, [int(p) for p in engine.module.parts],
                                [by_stage[s][0] for s in stages_seen], losses, [by_stage[s][1] for s in stages_seen],
                                (ends[0] - ends[1]).abs().max().item()))
     return results
