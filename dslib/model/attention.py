@@ -98,7 +98,7 @@ class RelativeAttention(nn.Module):
         query_pos None: the queries are the last Q positions of the context (training).
         query_pos [B, Q]: context positions of a subset of queries (gated inference).
         """
-        B, Q, d = query_in.shape
+        B, Q = query_in.shape[:2]
         S = context.size(1)
         q = self._heads(self.q_proj(query_in))
         k, v = self._heads(self.k_proj(context)), self._heads(self.v_proj(context))
@@ -130,4 +130,5 @@ class RelativeAttention(nn.Module):
         if self.training and self.dropout > 0:
             probs = F.dropout(probs, self.dropout)
         out = probs @ v  # [B, H, Q, dh]
-        return self.o_proj(out.transpose(1, 2).reshape(B, Q, d))
+        # H * dh, not d: under tensor parallel this rank holds only H / tp of the heads
+        return self.o_proj(out.transpose(1, 2).reshape(B, Q, self.num_heads * self.head_dim))

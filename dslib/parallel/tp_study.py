@@ -1,0 +1,121 @@
+"""Studies chapter 06 runs on N ranks: tensor/sequence parallel against one process.
+
+`*_rank` functions are launch entries (they run inside each rank); the plain functions
+launch them through dslib.parallel.launch and return plain dicts for the notebook.
+Every rank builds the same seeded model, so the reference (unsplit) run is computed
+in-rank on a copy, with the same inputs: the diffs compare like with like.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from dslib.model import TransformerXL, load_config
+from dslib.parallel import tensor
+from dslib.parallel.grid import build_grid, validate_grid
+from dslib.parallel.launch import launch
+
+
+def _model_and_batches(model: str, batch_size: int, segments: int, seed: int,
+                       overrides: dict | None = None) -> tuple[TransformerXL, list]:
+    torch.manual_seed(seed)
+    config = load_config(model, **(overrides or {}))
+    net = TransformerXL(config)
+    batches = [(torch.randint(config.vocab_size, (batch_size, config.seq_len)),
+                torch.randint(config.vocab_size, (batch_size, config.seq_len))) for _ in range(segments)]
+    return net, batches
+
+
+def forward_backward(net: torch.nn.Module, batches: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segments in order with Transformer-XL memory; returns (last logits, summed loss)
+    after backward, so the memory path (cached states from the previous segment) is checked."""
+    mems, total = None, 0.0
+    for idx, targets in batches:
+        out = net(idx, mems, targets)
+        mems, total = out.mems, total + out.loss
+    total.backward()
+    return out.logits.detach(), total.detach()
+
+
+def max_abs_diffs(reference: torch.nn.Module, ref_logits, logits, full_params, full_grads) -> dict[str, float]:
+    ref = dict(reference.named_parameters())
+    return {
+        "logits": (ref_logits - logits).abs().max().item(),
+        "params": max((ref[n].detach() - p).abs().max().item() for n, p in full_params.items()),
+        "grads": max((ref[n].grad - g).abs().max().item() for n, g in full_grads.items()),
+        "grad_max": max(g.abs().max().item() for g in full_grads.values()),
+        "grads_compared": len(full_grads),
+    }
+
+
+def _tp_equality_one(path: str, model: str, batch_size: int, segments: int, seed: int) -> dict[str, Any]:
+    reference, batches = _model_and_batches(model, batch_size, segments, seed)
+    ref_logits, ref_loss = forward_backward(reference, batches)
+    net = copy.deepcopy(reference)
+    net.zero_grad(set_to_none=True)
+    grid = build_grid(dp=1, pp=1, tp=dist.get_world_size(), config=net.config)
+    if path == "explicit":
+        tensor.parallelize_tensor(net, grid.tp_group)
+    elif path == "dtensor":
+        tensor.parallelize_tensor_dtensor(net, grid.mesh["tp"])
+    else:
+        raise ValueError(f"path must be 'explicit' or 'dtensor', got {path!r}")
+    # COMM_* count the explicit ops only. torch's CommDebugMode, which would count DTensor's
+    # collectives, raised IndexError in its module tracker on this model (torch 2.13).
+    tensor.reset_comm()
+    logits, loss = forward_backward(net, batches)
+    comm, calls = dict(tensor.COMM_BYTES), dict(tensor.COMM_CALLS)
+    diffs = max_abs_diffs(reference, ref_logits, logits, tensor.gather_full(net, grid.tp_group),
+                          tensor.gather_full(net, grid.tp_group, grads=True))
+    return {"path": path, "tp": dist.get_world_size(), "tp_group": dist.get_process_group_ranks(grid.tp_group),
+            "loss": loss.item(), "loss_diff": abs(loss - ref_loss).item(),
+            **{f"max_abs_diff_{k}": v for k, v in diffs.items()},
+            "comm_bytes": comm, "comm_bytes_total": sum(comm.values()), "comm_calls": calls,
+            "comm_bytes_formula": tensor.predicted_comm_bytes(net.config, batch_size, segments)
+            if path == "explicit" else None}
+
+
+def tp_equality_rank(paths: tuple[str, ...] = ("explicit", "dtensor"), model: str = "tiny",
+                     batch_size: int = 2, segments: int = 2, seed: int = 0) -> list[dict[str, Any]]:
+    """Forward/backward over `segments` segments split across all ranks vs. one process, per path."""
+    return [_tp_equality_one(path, model, batch_size, segments, seed) for path in paths]
+
+
+def tp_equality(nprocs: int = 2, paths: tuple[str, ...] = ("explicit", "dtensor"), model: str = "tiny",
+                batch_size: int = 2, segments: int = 2, timeout: float = 180) -> list[dict[str, Any]]:
+    validate_grid(nprocs, 1, 1, nprocs, load_config(model))  # refused before any rank starts
+    return launch("dslib.parallel.tp_study:tp_equality_rank", nprocs,
+                  dict(paths=tuple(paths), model=model, batch_size=batch_size, segments=segments),
+                  timeout=timeout)
+
+
+def tp_step_time_rank(model: str = "small", batch_size: int = 4, steps: int = 3,
+                      overrides: dict | None = None) -> dict[str, Any]:
+    """Mean forward+backward time per step with the explicit path (1 rank: no communication)."""
+    net, batches = _model_and_batches(model, batch_size, 1, 0, overrides)
+    tensor.parallelize_tensor(net, dist.group.WORLD)
+    forward_backward(net, batches)  # warm-up
+    tensor.reset_comm()
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(steps):
+        forward_backward(net, batches)
+    elapsed = (time.perf_counter() - start) / steps
+    comm = sum(tensor.COMM_BYTES.values()) / steps
+    params = sum(p.numel() for p in net.parameters())
+    return {"tp": dist.get_world_size(), "step_s": elapsed, "comm_bytes_per_step": comm,
+            "params_per_rank": params}
+
+
+def tp_step_times(sizes: list[int], model: str = "small", batch_size: int = 4, steps: int = 3,
+                  overrides: dict | None = None, timeout: float = 300) -> list[dict[str, Any]]:
+    config = load_config(model, **(overrides or {}))
+    for tp in sizes:
+        validate_grid(tp, 1, 1, tp, config)
+    return [launch("dslib.parallel.tp_study:tp_step_time_rank", tp,
+                   dict(model=model, batch_size=batch_size, steps=steps, overrides=overrides), timeout=timeout)
+            for tp in sizes]
