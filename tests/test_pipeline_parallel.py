@@ -1,14 +1,15 @@
 """DeepSpeed pipeline (deepspeed.pipe) on 2 CPU ranks: same losses as one process, shapes refused early.
 
-One launch of 2 ranks (~15-25 s on 2 cores, most of it importing torch + DeepSpeed).
+One launch of 2 ranks and one of 4 (dp=1 x pp=2 x tp=2): ~20 s and ~40 s on 2 cores, most of it
+starting processes that import torch + DeepSpeed.
 """
 from __future__ import annotations
 
 import pytest
 
 from dslib.parallel import pipeline
-from dslib.parallel.pipeline import pipe_config, pipe_ds_config, run_pipeline, train_reference
-from dslib.parallel.pipeline_study import bubble_formula, idle_fraction, stage_times
+from dslib.parallel.pipeline import pipe_config, pipe_ds_config, run_pipeline
+from dslib.parallel.pipeline_study import bubble_formula, idle_fraction, run_3d, stage_times, train_reference
 from dslib.parallel.zero import prepare_shards
 
 STEPS, MICRO, M = 4, 2, 3
@@ -45,11 +46,12 @@ def test_timestamps_give_stage_times_and_a_bubble(pipe_run):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"stages": 2, "tensor": 2, "nprocs": 3}, "cannot form"),
-    ({"stages": 9, "tensor": 1, "nprocs": 9}, "would be empty"),
+    ({"stages": 2, "tensor": 2, "nprocs": 3}, "world_size=3 != dp\\*pp\\*tp"),
+    ({"stages": 3, "tensor": 1, "nprocs": 3}, "pp=3 is greater than the model's num_layers=2"),
+    ({"stages": 2, "tensor": 3, "nprocs": 6}, "tp=3 does not divide"),
 ])
 def test_invalid_shapes_are_refused_before_any_rank_starts(kwargs, message):
-    config = pipe_config("tiny")  # 2 blocks: 5 layers
+    config = pipe_config("tiny")  # 2 blocks, 4 heads
     with pytest.raises(ValueError, match=message):
         pipeline.validate(config, kwargs["nprocs"], kwargs["stages"], ["uniform"], [2], kwargs["tensor"])
 
@@ -62,3 +64,12 @@ def test_run_pipeline_refuses_a_bad_partition_method_without_launching(monkeypat
         run_pipeline([{"config": pipe_config("tiny"), "partition_method": "type:Conv", "micro_batches": 2}])
     with pytest.raises(ValueError, match="gate.enabled"):
         pipe_config("tiny", gate={"enabled": True})
+
+
+def test_3d_pipeline_x_tensor_parallel_matches_one_process(pipe_run):
+    result = run_3d("tiny", TINY, pipeline=2, tensor=2, micro_batches=M, micro_batch=MICRO, steps=STEPS)
+    assert result["losses_3d"] == pytest.approx(result["losses_single"], rel=1e-5)
+    assert result["losses_3d"] == pytest.approx(pipe_run.losses, rel=1e-5)
+    # the same stages as without tensor parallel, each rank holding half of every block's matrices
+    assert result["stages"] == "E+2B | B+N+H"
+    assert all(tp < pp for tp, pp in zip(result["stage_params"], pipe_run.stage_params))

@@ -65,6 +65,7 @@ class BlockPipe(nn.Module):
 
     def __init__(self, config: ModelConfig, index: int, seed: int):
         super().__init__()
+        self.config = config
         with _seeded(seed, index + 1):
             self.block = Block(config)
             self.block.apply(TransformerXL._init_weights)
@@ -73,6 +74,18 @@ class BlockPipe(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pos_emb = sinusoidal_embedding(x.size(1), x.size(2), device=x.device, dtype=x.dtype)
         return self.block(x, x[:, :0], pos_emb)[0]
+
+
+def tensor_parallel_stage(module: nn.Module, tp_group) -> None:
+    """Megatron-split the blocks this stage holds across tp_group (dslib.parallel.tensor); the
+    embedding, final norm and head stay replicated, so every activation a stage sends is whole."""
+    from types import SimpleNamespace
+
+    from dslib.parallel.tensor import parallelize_tensor
+
+    blocks = [layer for layer in module.forward_funcs if isinstance(layer, BlockPipe)]
+    if blocks:
+        parallelize_tensor(SimpleNamespace(config=blocks[0].config, blocks=[b.block for b in blocks]), tp_group)
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -114,14 +127,11 @@ def reference_model(config: ModelConfig, seed: int) -> TransformerXL:
 
 def validate(config: ModelConfig, nprocs: int, stages: int, partition_methods: list[str],
              micro_batches: list[int], tensor: int = 1) -> None:
-    """Refuse a shape the pipeline cannot run, in this process, before any rank starts."""
-    if stages < 1 or tensor < 1 or nprocs % (stages * tensor):
-        raise ValueError(f"nprocs={nprocs} ranks cannot form pipeline={stages} x tensor={tensor} "
-                         f"(x data parallel): pipeline * tensor must divide nprocs")
-    n_layers = config.num_layers + 3
-    if stages > n_layers:
-        raise ValueError(f"stages={stages} exceeds the {n_layers} layers (embed, {config.num_layers} blocks, "
-                         f"norm, head): a stage would be empty")
+    """Refuse a shape the pipeline cannot run, in this process, before any rank starts.
+    The grid (dp=1 x pp=stages x tp=tensor) is checked by dslib.parallel.grid."""
+    from dslib.parallel.grid import validate_grid
+
+    validate_grid(nprocs, dp=1, pp=stages, tp=tensor, config=config)
     if any(m < 1 for m in micro_batches):
         raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
     for method in partition_methods:
@@ -228,7 +238,9 @@ def train_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed:
     tokens = torch.from_numpy(load_shards(shards).tokens("train").astype("int64"))
     edit = None
     if transform:
-        edit = lambda module: resolve_entry(transform)(module, module.mpu().get_model_parallel_group())  # noqa: E731
+        # the tensor-parallel group is DeepSpeed's "slice" group: its "model parallel group"
+        # spans pipeline x tensor ranks (what DeepSpeed checks overflow over), not the Megatron group
+        edit = lambda module: resolve_entry(transform)(module, module.mpu().get_slice_parallel_group())  # noqa: E731
     results = []
     for run in runs:
         model_cfg, m = ModelConfig(**run["config"]), run["micro_batches"]
@@ -257,31 +269,6 @@ def train_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed:
                                [by_stage[s][0] for s in stages_seen], losses, [by_stage[s][1] for s in stages_seen],
                                (ends[0] - ends[1]).abs().max().item()))
     return results
-
-
-def train_reference(config: ModelConfig, ds_config: dict, shards: str, steps: int, seed: int = 0) -> list[float]:
-    """The same training in one process, no pipeline: TransformerXL with the pipeline's initial
-    weights, the config's AdamW, the same micro-batches accumulated per step. Losses per step."""
-    from dslib.data.shards import load_shards
-
-    model = reference_model(config, seed)
-    params = {k: v for k, v in ds_config["optimizer"]["params"].items() if k != "torch_adam"}
-    optimizer = torch.optim.AdamW(model.parameters(), **params)
-    m, micro = ds_config["gradient_accumulation_steps"], ds_config["train_micro_batch_size_per_gpu"]
-    tokens = torch.from_numpy(load_shards(shards).tokens("train").astype("int64"))
-    data = micro_batch_stream(tokens, 0, micro, m, config.seq_len, seed)
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad()
-        total = 0.0
-        for _ in range(m):
-            x, y = next(data)
-            loss = model(x, targets=y).loss
-            (loss / m).backward()
-            total += loss.item()
-        optimizer.step()
-        losses.append(total / m)
-    return losses
 
 
 def run_pipeline(runs: list[dict], stages: int = 2, micro_batch: int = 2, steps: int = 3, seed: int = 0,

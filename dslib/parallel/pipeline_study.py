@@ -6,13 +6,20 @@ stage recorded into plain rows for the notebook:
   balance  per (layout, method): layers, parameters and forward+backward ms per micro-batch of
            each stage; load-balance ratio = slowest / fastest stage
   bubble   per micro-batch count m: measured idle fraction against (p - 1) / (m + p - 1)
+``run_3d(...)`` trains the same model on dp=1 x pp x tp ranks (DeepSpeed's pipeline engine with
+dslib.parallel.tensor's Megatron layers inside each stage) and in one process, from the same
+initial weights on the same micro-batches, and returns both loss curves.
 """
 from __future__ import annotations
 
 import statistics
 from typing import Any
 
-from dslib.parallel.pipeline import PipeRun, pipe_config, run_pipeline
+import torch
+
+from dslib.model import ModelConfig
+from dslib.parallel.pipeline import (PipeRun, micro_batch_stream, pipe_config, pipe_ds_config, reference_model,
+                                     run_pipeline)
 
 STAGE_WORK = ("ForwardPass", "BackwardPass")  # the instructions that compute
 SHORT = {"EmbeddingPipe": "E", "BlockPipe": "B", "LayerNorm": "N", "EmbeddingPipe(head)": "H"}
@@ -102,3 +109,46 @@ def study(model: str, layouts: dict[str, dict], methods: list[str], balance_micr
     results = run_pipeline(runs, stages=stages, micro_batch=micro_batch, steps=steps, seed=seed, timeout=timeout)
     balance = [r for r in results if r.label != "bubble"]
     return {"balance": balance_rows(balance), "bubble": bubble_rows(results[len(balance):]), "runs": results}
+
+
+def train_reference(config: ModelConfig, ds_config: dict, shards: str, steps: int, seed: int = 0) -> list[float]:
+    """The same training in one process, no pipeline: TransformerXL with the pipeline's initial
+    weights, the config's AdamW, the same micro-batches accumulated per step. Losses per step."""
+    from dslib.data.shards import load_shards
+
+    model = reference_model(config, seed)
+    params = {k: v for k, v in ds_config["optimizer"]["params"].items() if k != "torch_adam"}
+    optimizer = torch.optim.AdamW(model.parameters(), **params)
+    m, micro = ds_config["gradient_accumulation_steps"], ds_config["train_micro_batch_size_per_gpu"]
+    tokens = torch.from_numpy(load_shards(shards).tokens("train").astype("int64"))
+    data = micro_batch_stream(tokens, 0, micro, m, config.seq_len, seed)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        total = 0.0
+        for _ in range(m):
+            x, y = next(data)
+            loss = model(x, targets=y).loss
+            (loss / m).backward()
+            total += loss.item()
+        optimizer.step()
+        losses.append(total / m)
+    return losses
+
+
+def run_3d(model: str = "tiny", model_overrides: dict | None = None, pipeline: int = 2, tensor: int = 2,
+           micro_batches: int = 4, micro_batch: int = 2, steps: int = 10, seed: int = 0,
+           token_docs: int = 2000, timeout: float = 600) -> dict[str, Any]:
+    """dp=1 x pp=pipeline x tp=tensor training against the single-process run: both loss curves."""
+    from dslib.parallel.zero import prepare_shards
+
+    config = pipe_config(model, **(model_overrides or {}))
+    run = run_pipeline([{"config": config, "partition_method": "type:BlockPipe", "micro_batches": micro_batches,
+                         "label": "3d"}], stages=pipeline, tensor=tensor, micro_batch=micro_batch, steps=steps,
+                       seed=seed, transform="dslib.parallel.pipeline:tensor_parallel_stage", token_docs=token_docs,
+                       timeout=timeout)[0]
+    single = train_reference(config, pipe_ds_config(micro_batch, micro_batches),
+                             str(prepare_shards(config.vocab_size, limit=token_docs)), steps, seed)
+    return {"layout": f"dp=1 x pp={pipeline} x tp={tensor}", "stages": describe_stages(run),
+            "stage_params": run.stage_params, "losses_3d": run.losses, "losses_single": single,
+            "max_abs_diff": max(abs(a - b) for a, b in zip(run.losses, single))}
