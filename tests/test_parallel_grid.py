@@ -7,6 +7,7 @@ import pytest
 
 from dslib.model import load_config
 from dslib.parallel.grid import GridLayout, validate_grid
+from dslib.parallel.launch import launch
 
 
 @pytest.mark.parametrize("dp, pp, tp", [(1, 1, 2), (2, 1, 2), (1, 2, 2), (2, 2, 2), (3, 2, 4), (2, 4, 1)])
@@ -33,9 +34,9 @@ def test_tensor_parallel_ranks_are_neighbours_and_pipelines_cross_nodes():
 
 
 def test_layout_matches_deepspeed_pipeline_topology():
-    topology = pytest.importorskip("deepspeed.runtime.pipe.topology")
-    ds = topology.PipeModelDataParallelTopology(num_pp=2, num_mp=4, num_dp=3)
+    pytest.importorskip("deepspeed")
     layout = GridLayout(dp=3, pp=2, tp=4)
+    ds = layout.deepspeed_topology()
     for rank in range(layout.world_size):
         c, d = layout.coord(rank), ds.get_coord(rank)
         assert (c.pp, c.dp, c.tp) == (d.pipe, d.data, d.model)
@@ -56,3 +57,13 @@ def test_invalid_shapes_are_refused_naming_the_field(world, dp, pp, tp, override
         validate_grid(world, dp, pp, tp, config)
     assert message in str(error.value)
     assert time.perf_counter() - start < 1
+
+
+def test_build_grid_on_4_ranks_creates_the_layout_groups():
+    """One launch of 4 ranks (~15-25 s on 2 loaded cores): dp=1, pp=2, tp=2."""
+    layout = GridLayout(dp=1, pp=2, tp=2)
+    ranks = launch("dslib.parallel.grid:grid_ranks_rank", 4, dict(dp=1, pp=2, tp=2), timeout=120)
+    for row in ranks:
+        assert row["coord"] == tuple(layout.coord(row["rank"]))
+        for axis in ("tp", "pp", "dp"):
+            assert row[axis] == layout.group_of(row["rank"], axis)

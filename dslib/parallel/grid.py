@@ -77,6 +77,12 @@ class GridLayout:
     def group_of(self, rank: int, axis: str) -> list[int]:
         return next(g for g in self.groups(axis) if rank in g)
 
+    def deepspeed_topology(self):
+        """The same layout as DeepSpeed's PipeModelDataParallelTopology (for PipelineModule)."""
+        from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+
+        return PipeModelDataParallelTopology(num_pp=self.pp, num_mp=self.tp, num_dp=self.dp)
+
     def table(self, ranks_per_node: int | None = None) -> list[dict[str, int]]:
         """One row per rank: its coordinates (and node, given ranks_per_node)."""
         rows = []
@@ -135,6 +141,18 @@ def build_grid(dp: int, pp: int, tp: int, config: ModelConfig | None = None) -> 
         assert dist.get_process_group_ranks(group) == layout.group_of(rank, axis), axis
     return ProcessGrid(layout, rank, layout.coord(rank), mesh,
                        tp_group=groups["tp"], pp_group=groups["pp"], dp_group=groups["dp"])
+
+
+def grid_ranks_rank(dp: int, pp: int, tp: int) -> list[dict]:
+    """Launch entry: build the grid and return every rank's coordinates and group members."""
+    import torch.distributed as dist
+
+    grid = build_grid(dp, pp, tp)
+    mine = {"rank": grid.rank, "coord": tuple(grid.coord),
+            **{axis: dist.get_process_group_ranks(getattr(grid, f"{axis}_group")) for axis in AXES}}
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return everyone
 
 
 def draw_grid(layout: GridLayout, ranks_per_node: int | None = None):

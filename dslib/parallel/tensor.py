@@ -35,26 +35,37 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-# payload bytes and number of the collectives this rank entered, by "<op>:<collective>(<pass>)"
+# Per collective this rank entered, by "<op>:<collective>(<pass>)": the full tensor's bytes
+# (COMM_BYTES: the all-reduced tensor, the gathered result, the reduce-scattered input),
+# the bytes this rank sends with a ring algorithm (COMM_RING_BYTES: all-reduce 2(p-1)/p of
+# them, all-gather and reduce-scatter (p-1)/p), and how many calls (COMM_CALLS).
 COMM_BYTES: Counter[str] = Counter()
+COMM_RING_BYTES: Counter[str] = Counter()
 COMM_CALLS: Counter[str] = Counter()
 
 
 def reset_comm() -> None:
-    COMM_BYTES.clear()
-    COMM_CALLS.clear()
+    for counter in (COMM_BYTES, COMM_RING_BYTES, COMM_CALLS):
+        counter.clear()
 
 
-def record_comm(name: str, tensor: torch.Tensor) -> None:
-    COMM_BYTES[name] += tensor.numel() * tensor.element_size()
+def record_comm(name: str, full_bytes: int, group) -> None:
+    p = dist.get_world_size(group)
+    COMM_BYTES[name] += full_bytes
+    COMM_RING_BYTES[name] += full_bytes * (p - 1) * (2 if "all_reduce" in name else 1) // p
     COMM_CALLS[name] += 1
 
 
-def _all_reduce(x: torch.Tensor, group, name: str) -> torch.Tensor:
+def nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def counted_all_reduce(x: torch.Tensor, group, name: str) -> torch.Tensor:
+    """Sum of x over the group (a new tensor), its bytes recorded under name."""
     if dist.get_world_size(group) == 1:
         return x
     x = x.contiguous().clone()  # never reduce a tensor autograd may still hold
-    record_comm(name, x)
+    record_comm(name, nbytes(x), group)
     dist.all_reduce(x, group=group)
     return x
 
@@ -69,7 +80,7 @@ class CopyToParallelRegion(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return _all_reduce(grad, ctx.group, "f:all_reduce(backward)"), None
+        return counted_all_reduce(grad, ctx.group, "f:all_reduce(backward)"), None
 
 
 class ReduceFromParallelRegion(torch.autograd.Function):
@@ -77,7 +88,7 @@ class ReduceFromParallelRegion(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
-        return _all_reduce(x, group, "g:all_reduce(forward)")
+        return counted_all_reduce(x, group, "g:all_reduce(forward)")
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

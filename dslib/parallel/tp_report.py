@@ -1,0 +1,71 @@
+"""Chapter 06's tables and plots from tp_study.chapter_studies results (group size -> dict)."""
+from __future__ import annotations
+
+from typing import Any
+
+from dslib import viz
+
+KB = 2**10
+
+
+def equality_rows(studies: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Max |difference| to the single process, per group size and path."""
+    rows = []
+    for size, study in studies.items():
+        runs = [(r["path"], r) for r in study["equality"]] + [("explicit + sequence parallel", study["sequence"]["tp+sp"])]
+        for path, r in runs:
+            rows.append({"ranks": size, "path": path, "logits": r["max_abs_diff_logits"],
+                         "loss": r["loss_diff"], "grads": r["max_abs_diff_grads"],
+                         "largest grad": r["max_abs_diff_grad_max"], "grads compared": r["max_abs_diff_grads_compared"]})
+    return rows
+
+
+def comm_rows(studies: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Bytes the explicit ops moved per rank in one forward+backward, by collective."""
+    ops = sorted({op for study in studies.values() for mode in ("tp", "tp+sp")
+                  for op in study["sequence"][mode]["comm_bytes"]})
+    rows = []
+    for size, study in studies.items():
+        tp = next(r for r in study["equality"] if r["path"] == "explicit")
+        for mode, run in (("tensor parallel", study["sequence"]["tp"]), ("+ sequence parallel", study["sequence"]["tp+sp"])):
+            rows.append({"ranks": size, "mode": mode, **{op: run["comm_bytes"].get(op, 0) / KB for op in ops},
+                         "total tensor KiB": run["comm_bytes_total"] / KB,
+                         "ring KiB sent per rank": run["comm_ring_bytes_total"] / KB,
+                         "Megatron formula KiB": tp["comm_bytes_formula"] / KB if mode == "tensor parallel" else None})
+    return rows
+
+
+def memory_rows(studies: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Saved-for-backward activation bytes per rank (rank 0; all ranks are equal here)."""
+    rows = []
+    for size, study in sorted(studies.items()):
+        seq = study["sequence"]
+        single = seq["single_process_saved_bytes"]
+        if not rows:
+            rows.append({"ranks": 1, "mode": "single process", "saved KiB per rank": single / KB, "vs single": 1.0})
+        for mode, key in (("tensor parallel", "tp"), ("tensor + sequence parallel", "tp+sp")):
+            saved = seq[key]["saved_bytes_per_rank"][0]
+            rows.append({"ranks": size, "mode": mode, "saved KiB per rank": saved / KB, "vs single": saved / single})
+    return rows
+
+
+def plot_memory(rows: list[dict[str, Any]]):
+    fig, ax = viz.new_figure()
+    for mode, marker in (("tensor parallel", "o"), ("tensor + sequence parallel", "s")):
+        points = [(1, rows[0]["saved KiB per rank"])] + [(r["ranks"], r["saved KiB per rank"]) for r in rows
+                                                          if r["mode"] == mode]
+        ax.plot(*zip(*points), marker=marker, label=mode)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("group size (ranks)")
+    ax.set_ylabel("saved activations per rank (KiB)")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    ax.set_title("Activation bytes autograd saves for backward, per rank")
+    return fig
+
+
+def timing_rows(studies: dict[int, dict[str, Any]], single: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [single] + [study["timing"] for _, study in sorted(studies.items())]
+    return [{"tp": r["tp"], "step_s": r["step_s"], "vs tp=1": r["step_s"] / single["step_s"],
+             "params per rank": r["params_per_rank"], "ring KiB sent per step": r["comm_ring_bytes_per_step"] / KB}
+            for r in rows]
