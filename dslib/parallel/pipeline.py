@@ -226,7 +226,7 @@ def train_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed:
     pipeline and train ``steps`` steps with ``engine.train_batch``, timing every instruction.
 
     ``topology_dims`` ({"num_pp", "num_mp", "num_dp"}) builds a PipeModelDataParallelTopology;
-    ``transform`` ('module:function', called as function(module, model_parallel_group)) edits each
+    ``transform`` ('module:function', called as function(module, tensor_parallel_group)) edits each
     stage before training (tensor parallel).
     """
     import torch.distributed as dist
@@ -241,32 +241,41 @@ def train_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed:
         # the tensor-parallel group is DeepSpeed's "slice" group: its "model parallel group"
         # spans pipeline x tensor ranks (what DeepSpeed checks overflow over), not the Megatron group
         edit = lambda module: resolve_entry(transform)(module, module.mpu().get_slice_parallel_group())  # noqa: E731
-    results = []
+    # all engines first, then the steps round-robin over them: a burst of load from other
+    # processes on the machine then slows every run's samples alike, not one run's all
+    engines, streams = [], []
     for run in runs:
         model_cfg, m = ModelConfig(**run["config"]), run["micro_batches"]
         ds_cfg = {**ds_config, "gradient_accumulation_steps": m}
         topology = PipeModelDataParallelTopology(**topology_dims) if topology_dims else None
-        engine = build_engine(model_cfg, ds_cfg, run["partition_method"], seed, topology, stages, edit)
-        events: list = []
+        engines.append(build_engine(model_cfg, ds_cfg, run["partition_method"], seed, topology, stages, edit))
+        streams.append(micro_batch_stream(tokens, 0, ds_cfg["train_micro_batch_size_per_gpu"], m,
+                                          model_cfg.seq_len, seed))
+    events: list = []
+    for engine in engines:
         _record_instructions(engine, events)
-        data = micro_batch_stream(tokens, 0, ds_cfg["train_micro_batch_size_per_gpu"], m, model_cfg.seq_len, seed)
-        losses, per_step = [], []
-        for _ in range(steps):
+    losses = [[] for _ in runs]
+    per_step = [[] for _ in runs]
+    for _ in range(steps):
+        for i, engine in enumerate(engines):
             dist.barrier()  # every stage starts the step together: spans are comparable
             events.clear()
-            losses.append(engine.train_batch(data).item())
-            per_step.append(list(events))
+            losses[i].append(engine.train_batch(streams[i]).item())
+            per_step[i].append(list(events))
+    results = []
+    for run, engine, run_losses, run_events in zip(runs, engines, losses, per_step):
         n_params = sum(p.numel() for p in engine.module.parameters())
         tied = engine.module.tied_modules["embed"].weight.detach() if "embed" in engine.module.tied_modules else None
         per_rank = [None] * dist.get_world_size()
-        dist.all_gather_object(per_rank, (engine.stage_id, n_params, per_step, tied))
+        dist.all_gather_object(per_rank, (engine.stage_id, n_params, run_events, tied))
         by_stage = {}
         for stage, params, records, weight in per_rank:
             by_stage.setdefault(stage, (params, records, weight))  # the first rank of each stage speaks for it
         stages_seen = sorted(by_stage)
         ends = [by_stage[s][2] for s in (stages_seen[0], stages_seen[-1])]
-        results.append(PipeRun(run["label"], run["config"], run["partition_method"], m, [int(p) for p in engine.module.parts],
-                               [by_stage[s][0] for s in stages_seen], losses, [by_stage[s][1] for s in stages_seen],
+        results.append(PipeRun(run["label"], run["config"], run["partition_method"], run["micro_batches"],
+                               [int(p) for p in engine.module.parts], [by_stage[s][0] for s in stages_seen],
+                               run_losses, [by_stage[s][1] for s in stages_seen],
                                (ends[0] - ends[1]).abs().max().item()))
     return results
 

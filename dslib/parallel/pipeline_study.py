@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dslib.model import ModelConfig
+from dslib.model import ModelConfig, flops_breakdown
 from dslib.parallel.pipeline import (PipeRun, micro_batch_stream, pipe_config, pipe_ds_config, reference_model,
                                      run_pipeline)
 
@@ -58,6 +58,20 @@ def bubble_formula(stages: int, micro_batches: int) -> float:
     return (stages - 1) / (micro_batches + stages - 1)
 
 
+def layer_flops(config: ModelConfig) -> list[float]:
+    """Training FLOPs per token of each pipeline layer (dslib.model.flops, no memory): the embedding
+    is a lookup (0), a block its matmuls + attention, the head 6 * vocab * d, the norm ~0."""
+    parts = flops_breakdown(config, with_memory=False)
+    head = 6.0 * config.vocab_size * config.hidden_size
+    block = (parts["dense"] - head + parts["attention"]) / config.num_layers
+    return [0.0, *[block] * config.num_layers, 0.0, head]
+
+
+def stage_flops(run: PipeRun) -> list[float]:
+    flops = layer_flops(ModelConfig(**run.config))
+    return [sum(flops[a:b]) for a, b in zip(run.parts, run.parts[1:])]
+
+
 def step_span(run: PipeRun, skip: int = 1) -> float:
     """Median seconds from a step's first instruction (any stage) to its last backward (any stage)."""
     return statistics.median([max(e for rec in records for name, _, e in rec if name == "BackwardPass")
@@ -77,14 +91,16 @@ def describe_stages(run: PipeRun) -> str:
 def balance_rows(runs: list[PipeRun]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
-        times = stage_times(run)
+        times, flops = stage_times(run), stage_flops(run)
         rows.append({"layout": run.label, "partition_method": run.partition_method, "stages": describe_stages(run),
                      "params_per_stage": run.stage_params,
                      "ms_per_stage": [round(t * 1e3, 2) for t in times],
-                     "balance_ratio": max(times) / min(times), "step_ms": step_span(run) * 1e3})
+                     "balance_ratio": max(times) / min(times), "flops_ratio": max(flops) / min(flops),
+                     "step_ms": step_span(run) * 1e3})
     for row in rows:  # improvement over DeepSpeed's layer-count split of the same layout
         uniform = next(r for r in rows if r["layout"] == row["layout"] and r["partition_method"] == "uniform")
         row["improvement_vs_uniform"] = uniform["balance_ratio"] / row["balance_ratio"]
+        row["flops_improvement_vs_uniform"] = uniform["flops_ratio"] / row["flops_ratio"]
     return rows
 
 
@@ -100,6 +116,8 @@ def study(model: str, layouts: dict[str, dict], methods: list[str], balance_micr
           micro_batch: int = 2, steps: int = 3, seed: int = 0, timeout: float = 600) -> dict[str, Any]:
     """Every layout (model overrides) x partition method at ``balance_micro_batches``, then the
     bubble layout at each micro-batch count, in one launch. Returns {"balance", "bubble", "runs"}."""
+    if bubble_layout not in layouts:
+        raise ValueError(f"bubble_layout {bubble_layout!r} is not one of the layouts {list(layouts)}")
     if "uniform" not in methods:
         raise ValueError("methods must include 'uniform' (the baseline the improvement is measured against)")
     runs = [{"label": name, "config": pipe_config(model, **overrides), "partition_method": method,
@@ -115,8 +133,9 @@ def train_reference(config: ModelConfig, ds_config: dict, shards: str, steps: in
     """The same training in one process, no pipeline: TransformerXL with the pipeline's initial
     weights, the config's AdamW, the same micro-batches accumulated per step. Losses per step."""
     from dslib.data.shards import load_shards
+    from dslib.env import device
 
-    model = reference_model(config, seed)
+    model = reference_model(config, seed).to(device())
     params = {k: v for k, v in ds_config["optimizer"]["params"].items() if k != "torch_adam"}
     optimizer = torch.optim.AdamW(model.parameters(), **params)
     m, micro = ds_config["gradient_accumulation_steps"], ds_config["train_micro_batch_size_per_gpu"]
@@ -127,7 +146,7 @@ def train_reference(config: ModelConfig, ds_config: dict, shards: str, steps: in
         optimizer.zero_grad()
         total = 0.0
         for _ in range(m):
-            x, y = next(data)
+            x, y = (t.to(device()) for t in next(data))
             loss = model(x, targets=y).loss
             (loss / m).backward()
             total += loss.item()

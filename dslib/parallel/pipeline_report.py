@@ -1,0 +1,87 @@
+"""Chapter 06's pipeline figures and the claim text, from pipeline_study's plain rows."""
+from __future__ import annotations
+
+from typing import Any
+
+from dslib import viz
+
+CLAIMED_IMPROVEMENT = 2.3  # the article: "balancing pipeline stages improves load balance 2.3x"
+
+
+def plot_balance(rows: list[dict[str, Any]]):
+    """Per layout: forward+backward ms of one micro-batch on each stage, per partition method."""
+    layouts = list(dict.fromkeys(r["layout"] for r in rows))
+    fig, axes = viz.new_figure(ncols=len(layouts), width=4.8)
+    axes = axes[0] if len(layouts) > 1 else [axes]
+    for ax, layout in zip(axes, layouts):
+        mine = [r for r in rows if r["layout"] == layout]
+        n_stages = len(mine[0]["ms_per_stage"])
+        width = 0.8 / n_stages
+        for stage in range(n_stages):
+            ax.bar([i + stage * width for i in range(len(mine))], [r["ms_per_stage"][stage] for r in mine],
+                   width, label=f"stage {stage}")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(mine))],
+                      [f"{r['partition_method']}\n{r['stages']}\nratio {r['balance_ratio']:.2f}" for r in mine],
+                      fontsize=8)
+        ax.set_title(layout, fontsize=10)
+        ax.set_ylabel("fwd+bwd ms per micro-batch")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_bubble(rows: list[dict[str, Any]], stages: int):
+    """Measured idle fraction against (p - 1) / (m + p - 1), over the micro-batch count m."""
+    fig, ax = viz.new_figure()
+    m = [r["micro_batches"] for r in rows]
+    dense = list(range(1, max(m) + 1))
+    ax.plot(dense, [(stages - 1) / (k + stages - 1) for k in dense], "--", color="gray",
+            label=f"(p-1)/(m+p-1), p={stages}")
+    ax.plot(m, [r["measured_idle"] for r in rows], "o-", label="measured (instruction timestamps)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(m, [str(k) for k in m])
+    ax.set_xlabel("micro-batches per step (m)")
+    ax.set_ylabel("idle fraction of a stage")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("Pipeline bubble: DeepSpeed 1F1B schedule")
+    return fig
+
+
+def plot_losses(result: dict[str, Any]):
+    fig, ax = viz.new_figure()
+    steps = range(1, len(result["losses_single"]) + 1)
+    ax.plot(steps, result["losses_single"], "o-", label="one process")
+    ax.plot(steps, result["losses_3d"], "x--", label=result["layout"])
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"3D vs one process: max |diff| {result['max_abs_diff']:.1e}")
+    ax.legend()
+    return fig
+
+
+def balance_claim(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """run.claim's measured / verdict / note for pipeline_balance_2_3x, from the balance rows."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["partition_method"] != "uniform" and \
+                row["improvement_vs_uniform"] > best.get(row["layout"], {}).get("improvement_vs_uniform", 0):
+            best[row["layout"]] = row
+    uniform = {r["layout"]: r["balance_ratio"] for r in rows if r["partition_method"] == "uniform"}
+    measured = "; ".join(
+        f"{layout}: {r['partition_method']} {r['improvement_vs_uniform']:.2f}x (slowest/fastest stage "
+        f"{uniform[layout]:.2f} -> {r['balance_ratio']:.2f}; FLOPs predict {r['flops_improvement_vs_uniform']:.2f}x)"
+        for layout, r in best.items())
+    top_layout, top = max(best.items(), key=lambda item: item[1]["improvement_vs_uniform"])
+    gain = top["improvement_vs_uniform"]
+    if gain >= 0.9 * CLAIMED_IMPROVEMENT:
+        headline = f"2.3x reproduces (within 10%) only for '{top_layout}' ({gain:.2f}x)"
+    else:
+        headline = f"2.3x is not reproduced: the largest gain measured is {gain:.2f}x ('{top_layout}')"
+    worse = [layout for layout, r in best.items() if r["improvement_vs_uniform"] < 1]
+    note = (f"{headline}. The gain is not a property of a partition method: it is how unequal DeepSpeed's "
+            "layer-count split ('uniform', which counts the embedding, norm and head as layers) was for that "
+            "layout. 'parameters' counts the tied embedding as heavy although a lookup costs no FLOPs")
+    note += (f"; with a heavy head it made the balance worse ({', '.join(worse)})." if worse else ".")
+    verdict = "holds only when" if gain > 1.05 else "does not hold"
+    return {"measured": measured, "verdict": verdict, "note": note}
