@@ -136,6 +136,8 @@ def tp_step_time_rank(model: str = "tiny", batch_size: int = 2, steps: int = 3,
 def saved_activation_bytes(net: torch.nn.Module, batches: list) -> tuple[int, tuple]:
     """forward_backward, counting the bytes of distinct tensors autograd saved for backward
     (storages, so views count once; parameters excluded). Returns (bytes, its result)."""
+    from dslib.parallel.sequence import SAVED_OBSERVERS
+
     param_storages = {p.untyped_storage().data_ptr() for p in net.parameters()}
     saved: dict[int, int] = {}
 
@@ -145,8 +147,12 @@ def saved_activation_bytes(net: torch.nn.Module, batches: list) -> tuple[int, tu
             saved[storage.data_ptr()] = storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        result = forward_backward(net, batches)
+    SAVED_OBSERVERS.append(pack)  # sees what sequence parallel's own hooks keep
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            result = forward_backward(net, batches)
+    finally:
+        SAVED_OBSERVERS.remove(pack)
     return sum(saved.values()), result
 
 
@@ -160,7 +166,9 @@ def sp_study_rank(model: str = "tiny", batch_size: int = 2, segments: int = 2, s
     single_bytes, (ref_logits, ref_loss) = saved_activation_bytes(reference, batches)
     grid = build_grid(dp=1, pp=1, tp=dist.get_world_size(), config=reference.config)
     runs = {}
-    for name, apply in (("tp", tensor.parallelize_tensor), ("tp+sp", parallelize_sequence)):
+    modes = (("tp", tensor.parallelize_tensor), ("tp+sp", parallelize_sequence),
+             ("tp+sp keep gathered", lambda net, group: parallelize_sequence(net, group, regather_in_backward=False)))
+    for name, apply in modes:
         net = copy.deepcopy(reference)
         net.zero_grad(set_to_none=True)
         apply(net, grid.tp_group)
