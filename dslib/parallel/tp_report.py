@@ -60,6 +60,8 @@ def plot_memory(rows: list[dict[str, Any]]):
                                                           if r["mode"] == mode]
         ax.plot(*zip(*points), marker=marker, label=mode)
     ax.set_xscale("log", base=2)
+    sizes = sorted({r["ranks"] for r in rows})
+    ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.set_xlabel("group size (ranks)")
     ax.set_ylabel("saved activations per rank (KiB)")
     ax.set_ylim(bottom=0)
