@@ -104,18 +104,16 @@ def _shard(tensor: torch.Tensor, dim: int, group) -> nn.Parameter:
 
 
 class ColumnParallelLinear(nn.Module):
-    """Y_r = X W_r^T: this rank's rows of W (output features). `copy_input` applies f;
-    sequence parallel turns it off because its all-gather already plays f's role."""
+    """Y_r = X W_r^T: this rank's rows of W (output features). Its input must enter the
+    parallel region through f (or sequence parallel's all-gather); parallelize_tensor puts
+    one f on the LayerNorm output that q, k and v share, as Megatron does."""
 
-    def __init__(self, linear: nn.Linear, group, copy_input: bool = True):
+    def __init__(self, linear: nn.Linear, group):
         super().__init__()
-        self.group, self.copy_input = group, copy_input
         self.weight = _shard(linear.weight, 0, group)
         self.bias = _shard(linear.bias, 0, group) if linear.bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.copy_input:
-            x = CopyToParallelRegion.apply(x, self.group)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -163,10 +161,10 @@ def parallelize_tensor(model: nn.Module, tp_group, sequence_parallel: bool = Fal
     for block in model.blocks:
         attn, mlp = block.attn, block.mlp
         for name in ("q_proj", "k_proj", "v_proj", "r_proj"):  # r_proj's input needs no gradient
-            setattr(attn, name, ColumnParallelLinear(getattr(attn, name), tp_group, copy_input=False))
+            setattr(attn, name, ColumnParallelLinear(getattr(attn, name), tp_group))
         attn.o_proj = RowParallelLinear(attn.o_proj, **row)
         _split_head_biases(attn, tp_group)
-        mlp.fc_in = ColumnParallelLinear(mlp.fc_in, tp_group, copy_input=False)
+        mlp.fc_in = ColumnParallelLinear(mlp.fc_in, tp_group)
         mlp.fc_out = RowParallelLinear(mlp.fc_out, **row)
         if not sequence_parallel:  # one f per sub-layer, where its input enters the parallel region
             for norm in (block.ln_1, block.ln_2):
