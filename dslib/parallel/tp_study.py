@@ -77,7 +77,7 @@ def _tp_equality_one(path: str, model: str, batch_size: int, segments: int, seed
             **{f"max_abs_diff_{k}": v for k, v in diffs.items()},
             "comm_bytes": comm, "comm_bytes_total": sum(comm.values()), "comm_calls": calls,
             "comm_ring_bytes_total": sum(tensor.COMM_RING_BYTES.values()),
-            "comm_bytes_formula": tensor.predicted_comm_bytes(net.config, batch_size, segments)
+            "comm_bytes_formula": tensor.predicted_comm_bytes(net.config, batch_size, segments, dist.get_world_size())
             if path == "explicit" else None}
 
 
