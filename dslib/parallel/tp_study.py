@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dslib.env import device
 from dslib.model import TransformerXL, load_config
 from dslib.parallel import tensor
 from dslib.parallel.grid import build_grid, validate_grid
@@ -22,11 +23,12 @@ from dslib.parallel.launch import launch
 
 def _model_and_batches(model: str, batch_size: int, segments: int, seed: int,
                        overrides: dict | None = None) -> tuple[TransformerXL, list]:
+    """The same seeded model and token batches on every rank (built on CPU, then moved)."""
     torch.manual_seed(seed)
     config = load_config(model, **(overrides or {}))
-    net = TransformerXL(config)
-    batches = [(torch.randint(config.vocab_size, (batch_size, config.seq_len)),
-                torch.randint(config.vocab_size, (batch_size, config.seq_len))) for _ in range(segments)]
+    net = TransformerXL(config).to(device())
+    batches = [tuple(torch.randint(config.vocab_size, (batch_size, config.seq_len)).to(device()) for _ in "xy")
+               for _ in range(segments)]
     return net, batches
 
 
@@ -97,12 +99,19 @@ def tp_equality(nprocs: int = 2, paths: tuple[str, ...] = ("explicit", "dtensor"
                        overrides=overrides), timeout=timeout)
 
 
+def synchronize(where: torch.device) -> None:
+    if where.type == "cuda":
+        torch.cuda.synchronize(where)
+
+
 def step_time(net: torch.nn.Module, batches: list, steps: int) -> float:
     """Mean seconds of one forward+backward after a warm-up step."""
     forward_backward(net, batches)
+    synchronize(device())
     start = time.perf_counter()
     for _ in range(steps):
         forward_backward(net, batches)
+    synchronize(device())  # CUDA runs asynchronously: wait before reading the clock
     return (time.perf_counter() - start) / steps
 
 
