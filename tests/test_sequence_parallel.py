@@ -16,17 +16,22 @@ def run():
     return sp_study([2], segments=2)[0]
 
 
-def test_sequence_parallel_matches_single_process(run):
-    sp = run["tp+sp"]
+@pytest.mark.parametrize("mode", ["tp+sp", "tp+sp keep gathered"])
+def test_sequence_parallel_matches_single_process(run, mode):
+    sp = run[mode]
     assert sp["max_abs_diff_logits"] < 1e-5 and sp["loss_diff"] < 1e-5
     assert sp["max_abs_diff_grads"] < 1e-6  # incl. LayerNorm grads summed over the group
     assert sp["max_abs_diff_grads_compared"] == run["tp"]["max_abs_diff_grads_compared"]
 
 
-def test_activation_bytes_fall_tp_then_sp(run):
-    single, tp, sp = run["single_process_saved_bytes"], run["tp"], run["tp+sp"]
-    assert sp["saved_bytes_per_rank"][0] < tp["saved_bytes_per_rank"][0] < single
-    assert sp["saved_bytes_per_rank"][0] == sp["saved_bytes_per_rank"][1]
+def test_activation_bytes_fall_tp_then_sp_then_regather(run):
+    single, tp = run["single_process_saved_bytes"], run["tp"]["saved_bytes_per_rank"][0]
+    kept, regathered = run["tp+sp keep gathered"], run["tp+sp"]
+    assert regathered["saved_bytes_per_rank"][0] < kept["saved_bytes_per_rank"][0] < tp < single
+    assert regathered["saved_bytes_per_rank"][0] == regathered["saved_bytes_per_rank"][1]
+    # the price: each gathered input is all-gathered once more in backward
+    assert regathered["comm_bytes"]["sp:all_gather(backward, re-gather)"] == \
+        regathered["comm_bytes"]["sp:reduce_scatter(backward)"]
 
 
 def test_reduce_scatter_plus_all_gather_move_what_all_reduce_did(run):

@@ -8,7 +8,10 @@ those regions along the sequence over the same tp group, and swaps the collectiv
     sequence parallel:  ln -> all-gather / reduce-scatter -> column ... row -> reduce-scatter / all-gather
 
 An all-reduce is a reduce-scatter followed by an all-gather, so the bytes moved stay the
-same, while the activations of the split regions shrink by the group size.
+same, while the activations of the split regions shrink by the group size. As in
+Megatron, the gathered inputs of the column-parallel linears are not kept for backward:
+each rank keeps its chunk and all-gathers again when backward needs them
+(RegatherInBackward; regather_in_backward=False keeps them, for comparison).
 
 Transformer-XL needs care in two places, both handled here:
 - Attention runs on the gathered, full-length context with heads split, exactly as in
@@ -42,6 +45,57 @@ def _chunks_in_time_order(parts: list[torch.Tensor], chunk: int) -> torch.Tensor
     return stacked.reshape(B, -1, d)
 
 
+def _all_gather_in_time_order(x: torch.Tensor, group, chunk: int, name: str) -> torch.Tensor:
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+    record_comm(name, nbytes(x) * len(parts), group)
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return _chunks_in_time_order(parts, chunk)
+
+
+# Called with every tensor the re-gather hooks store (measurements observe through them:
+# saved_tensors_hooks do not nest, so an outer hook cannot see what is saved inside).
+SAVED_OBSERVERS: list = []
+
+
+class RegatherInBackward:
+    """Megatron's activation trick, as saved-tensor hooks around one sub-layer: a tensor
+    saved for backward that lives in the gathered activation's storage (the column-parallel
+    linears' input, or a view of it) is kept as this rank's chunk and all-gathered again
+    when backward needs it. Saves (1 - 1/tp) of those bytes for one more all-gather."""
+
+    def __init__(self, gathered: torch.Tensor, local: torch.Tensor, group, chunk: int):
+        self.storage = gathered.untyped_storage().data_ptr()
+        self.local, self.group, self.chunk = local.detach(), group, chunk
+        self.full, self.pending = None, 0
+
+    def _observe(self, t: torch.Tensor) -> torch.Tensor:
+        for observer in SAVED_OBSERVERS:
+            observer(t)
+        return t
+
+    def pack(self, t: torch.Tensor):
+        if t.untyped_storage().data_ptr() != self.storage:
+            return self._observe(t)
+        self.pending += 1
+        return self._observe(self.local), t.size(), t.stride(), t.storage_offset()
+
+    def unpack(self, packed):
+        if isinstance(packed, torch.Tensor):
+            return packed
+        _, size, stride, offset = packed
+        if self.full is None:
+            self.full = _all_gather_in_time_order(self.local, self.group, self.chunk,
+                                                  "sp:all_gather(backward, re-gather)")
+        view = self.full.as_strided(size, stride, offset)
+        self.pending -= 1
+        if self.pending == 0:  # every saved use restored: free the full tensor
+            self.full = None
+        return view
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
+
+
 class GatherFromSequenceParallel(torch.autograd.Function):
     """All-gather along the sequence (time order restored); backward: reduce-scatter,
     because every rank's heads used the whole context and contribute to every position's
@@ -50,10 +104,7 @@ class GatherFromSequenceParallel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, group, chunk: int, reduce_grad: bool) -> torch.Tensor:
         ctx.group, ctx.chunk, ctx.reduce_grad, ctx.shape = group, chunk, reduce_grad, x.shape
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-        record_comm("sp:all_gather(forward)", nbytes(x) * len(parts), group)
-        dist.all_gather(parts, x.contiguous(), group=group)
-        return _chunks_in_time_order(parts, chunk)
+        return _all_gather_in_time_order(x, group, chunk, "sp:all_gather(forward)")
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -119,24 +170,33 @@ class SequenceParallelBlock(nn.Module):
 
     Adopts the block's submodules under the same names (parameter names do not change)."""
 
-    def __init__(self, block: nn.Module, group):
+    def __init__(self, block: nn.Module, group, regather_in_backward: bool = True):
         super().__init__()
         if block.gate is not None:
             raise ValueError("sequence parallel does not support gated blocks (config.gate.enabled)")
         self.ln_1, self.attn, self.ln_2, self.mlp, self.drop = block.ln_1, block.attn, block.ln_2, block.mlp, block.drop
-        self.group = group
+        self.group, self.regather_in_backward = group, regather_in_backward
+
+    def _parallel_region(self, local: torch.Tensor, chunk: int, layer, *args):
+        """all-gather -> layer(gathered, *args) -> reduce-scatter; returns this rank's chunk."""
+        gathered = GatherFromSequenceParallel.apply(local, self.group, chunk, True)
+        if self.regather_in_backward:
+            with RegatherInBackward(gathered, local, self.group, chunk).hooks():
+                out = layer(gathered, *args)
+        else:
+            out = layer(gathered, *args)
+        return ReduceScatterToSequenceParallel.apply(out, self.group)
+
+    def _attention(self, context: torch.Tensor, segment_len: int) -> torch.Tensor:
+        S = context.size(1)  # the model built pos_emb for its local memory length: rebuild
+        pos_emb = sinusoidal_embedding(S, context.size(-1), device=context.device, dtype=context.dtype)
+        return self.attn(context[:, S - segment_len:], context, pos_emb)
 
     def forward(self, x: torch.Tensor, mem: torch.Tensor, pos_emb: torch.Tensor):
         """x [B, T/tp, d]; mem [B, M/tp, d]: this rank's chunk of each cached segment."""
         chunk, T = x.size(1), x.size(1) * dist.get_world_size(self.group)
-        context = GatherFromSequenceParallel.apply(self.ln_1(torch.cat([mem, x], dim=1)), self.group, chunk, True)
-        S = context.size(1)  # the model built pos_emb for its local memory length: rebuild
-        pos_emb = sinusoidal_embedding(S, context.size(-1), device=x.device, dtype=x.dtype)
-        attn = self.attn(context[:, S - T:], context, pos_emb)
-        h = x + self.drop(ReduceScatterToSequenceParallel.apply(attn, self.group))
-        mlp_in = GatherFromSequenceParallel.apply(self.ln_2(h), self.group, chunk, True)
-        out = h + self.drop(ReduceScatterToSequenceParallel.apply(self.mlp(mlp_in), self.group))
-        return out, None, None
+        h = x + self.drop(self._parallel_region(self.ln_1(torch.cat([mem, x], dim=1)), chunk, self._attention, T))
+        return h + self.drop(self._parallel_region(self.ln_2(h), chunk, self.mlp)), None, None
 
 
 def check_sequence_parallel(config, tp: int) -> None:
@@ -148,15 +208,18 @@ def check_sequence_parallel(config, tp: int) -> None:
                          f"{config.seq_len} under sequence parallel (whole segments are cached)")
 
 
-def parallelize_sequence(model: nn.Module, tp_group) -> nn.Module:
+def parallelize_sequence(model: nn.Module, tp_group, regather_in_backward: bool = True) -> nn.Module:
     """Tensor + sequence parallel over tp_group, in place. Feed it the full [B, T] tokens
-    and targets on every rank; logits and loss come out full and replicated."""
+    and targets on every rank; logits and loss come out full and replicated.
+
+    regather_in_backward: keep only this rank's chunk of the gathered inputs of the
+    column-parallel linears and all-gather them again in backward (Megatron does this)."""
     tp = dist.get_world_size(tp_group)
     check_sequence_parallel(model.config, tp)
     parallelize_tensor(model, tp_group, sequence_parallel=True)
     model.memory_length //= tp  # per rank: its chunk of every cached segment
     model.drop = nn.Sequential(model.drop, SequenceSplit(tp_group))
-    model.blocks = nn.ModuleList(SequenceParallelBlock(b, tp_group) for b in model.blocks)
+    model.blocks = nn.ModuleList(SequenceParallelBlock(b, tp_group, regather_in_backward) for b in model.blocks)
     model.norm.register_forward_hook(
         lambda _m, _i, out: GatherFromSequenceParallel.apply(out, tp_group, out.size(1), False))
     norms = [model.norm] + [n for b in model.blocks for n in (b.ln_1, b.ln_2)]

@@ -104,18 +104,16 @@ def _shard(tensor: torch.Tensor, dim: int, group) -> nn.Parameter:
 
 
 class ColumnParallelLinear(nn.Module):
-    """Y_r = X W_r^T: this rank's rows of W (output features). `copy_input` applies f;
-    sequence parallel turns it off because its all-gather already plays f's role."""
+    """Y_r = X W_r^T: this rank's rows of W (output features). Its input must enter the
+    parallel region through f (or sequence parallel's all-gather); parallelize_tensor puts
+    one f on the LayerNorm output that q, k and v share, as Megatron does."""
 
-    def __init__(self, linear: nn.Linear, group, copy_input: bool = True):
+    def __init__(self, linear: nn.Linear, group):
         super().__init__()
-        self.group, self.copy_input = group, copy_input
         self.weight = _shard(linear.weight, 0, group)
         self.bias = _shard(linear.bias, 0, group) if linear.bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.copy_input:
-            x = CopyToParallelRegion.apply(x, self.group)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -136,8 +134,8 @@ class RowParallelLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def _check(model: nn.Module, tp: int) -> None:
-    config = model.config
+def check_tensor_parallel(config, tp: int) -> None:
+    """Refuse what the split cannot represent, naming the field."""
     if config.dropout > 0:
         raise ValueError(f"dropout={config.dropout}: tensor parallel here needs dropout 0 "
                          "(per-rank RNG streams are not built)")
@@ -152,25 +150,30 @@ def _split_head_biases(attn: nn.Module, group) -> None:
     attn.pos_bias_v = _shard(attn.pos_bias_v, 0, group)
 
 
+def parallelize_block(block: nn.Module, tp_group, sequence_parallel: bool = False) -> nn.Module:
+    """Split one transformer_xl.Block's attention (by heads) and MLP across tp_group, in place
+    (what a pipeline stage holding some of the blocks calls on each of them)."""
+    attn, mlp = block.attn, block.mlp
+    for name in ("q_proj", "k_proj", "v_proj", "r_proj"):  # r_proj's input needs no gradient
+        setattr(attn, name, ColumnParallelLinear(getattr(attn, name), tp_group))
+    attn.o_proj = RowParallelLinear(attn.o_proj, tp_group, reduce_output=not sequence_parallel)
+    _split_head_biases(attn, tp_group)
+    mlp.fc_in = ColumnParallelLinear(mlp.fc_in, tp_group)
+    mlp.fc_out = RowParallelLinear(mlp.fc_out, tp_group, reduce_output=not sequence_parallel)
+    if not sequence_parallel:  # one f per sub-layer, where its input enters the parallel region
+        for norm in (block.ln_1, block.ln_2):
+            norm.register_forward_hook(lambda _m, _i, out: CopyToParallelRegion.apply(out, tp_group))
+    return block
+
+
 def parallelize_tensor(model: nn.Module, tp_group, sequence_parallel: bool = False) -> nn.Module:
-    """Split every block's attention (by heads) and MLP across tp_group, in place.
+    """Split every block of a TransformerXL across tp_group, in place.
 
     sequence_parallel=True leaves out f and g (dslib.parallel.sequence puts an all-gather
     and a reduce-scatter around the same linears instead)."""
-    tp = dist.get_world_size(tp_group)
-    _check(model, tp)
-    row = dict(group=tp_group, reduce_output=not sequence_parallel)
+    check_tensor_parallel(model.config, dist.get_world_size(tp_group))
     for block in model.blocks:
-        attn, mlp = block.attn, block.mlp
-        for name in ("q_proj", "k_proj", "v_proj", "r_proj"):  # r_proj's input needs no gradient
-            setattr(attn, name, ColumnParallelLinear(getattr(attn, name), tp_group, copy_input=False))
-        attn.o_proj = RowParallelLinear(attn.o_proj, **row)
-        _split_head_biases(attn, tp_group)
-        mlp.fc_in = ColumnParallelLinear(mlp.fc_in, tp_group, copy_input=False)
-        mlp.fc_out = RowParallelLinear(mlp.fc_out, **row)
-        if not sequence_parallel:  # one f per sub-layer, where its input enters the parallel region
-            for norm in (block.ln_1, block.ln_2):
-                norm.register_forward_hook(lambda _m, _i, out: CopyToParallelRegion.apply(out, tp_group))
+        parallelize_block(block, tp_group, sequence_parallel)
     return model
 
 
@@ -178,7 +181,7 @@ def parallelize_tensor_dtensor(model: nn.Module, tp_mesh) -> nn.Module:
     """The same plan through torch.distributed.tensor.parallel (weights become DTensors)."""
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-    _check(model, tp_mesh.size())
+    check_tensor_parallel(model.config, tp_mesh.size())
     plan = {f"attn.{name}": ColwiseParallel() for name in ("q_proj", "k_proj", "v_proj", "r_proj")}
     plan.update({"attn.o_proj": RowwiseParallel(), "mlp.fc_in": ColwiseParallel(),
                  "mlp.fc_out": RowwiseParallel()})
@@ -207,11 +210,14 @@ def gather_full(model: nn.Module, group, grads: bool = False) -> dict[str, torch
     return full
 
 
-def predicted_comm_bytes(config, batch_size: int, segments: int, bytes_per_element: int = 4) -> int:
-    """Payload of f and g per rank for `segments` consecutive segments (Megatron's count):
+def predicted_comm_bytes(config, batch_size: int, segments: int, tp: int, bytes_per_element: int = 4) -> int:
+    """Payload of f and g per rank for `segments` consecutive segments (Megatron's count;
+    0 for tp = 1, where f and g are identities and no collective runs):
     per layer, g all-reduces two [B, T, d] outputs forward; f all-reduces the gradient of
     the attention's input context [B, M + T, d] and of the MLP's input [B, T, d] backward
     (M: the memory present, which grows by T per segment up to memory_length)."""
+    if tp == 1:
+        return 0
     B, T, d = batch_size, config.seq_len, config.hidden_size
     total = 0
     for segment in range(segments):

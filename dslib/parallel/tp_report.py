@@ -6,13 +6,17 @@ from typing import Any
 from dslib import viz
 
 KB = 2**10
+# sp_study_rank's run keys -> the names tables and plots show
+MODES = {"tp": "tensor parallel", "tp+sp keep gathered": "+ sequence parallel",
+         "tp+sp": "+ sequence parallel, re-gather in backward"}
 
 
 def equality_rows(studies: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     """Max |difference| to the single process, per group size and path."""
     rows = []
     for size, study in studies.items():
-        runs = [(r["path"], r) for r in study["equality"]] + [("explicit + sequence parallel", study["sequence"]["tp+sp"])]
+        runs = [(r["path"], r) for r in study["equality"]] + [
+            (f"explicit {MODES[key]}", study["sequence"][key]) for key in MODES if key != "tp"]
         for path, r in runs:
             rows.append({"ranks": size, "path": path, "logits": r["max_abs_diff_logits"],
                          "loss": r["loss_diff"], "grads": r["max_abs_diff_grads"],
@@ -22,16 +26,16 @@ def equality_rows(studies: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def comm_rows(studies: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     """Bytes the explicit ops moved per rank in one forward+backward, by collective."""
-    ops = sorted({op for study in studies.values() for mode in ("tp", "tp+sp")
-                  for op in study["sequence"][mode]["comm_bytes"]})
+    ops = sorted({op for study in studies.values() for key in MODES for op in study["sequence"][key]["comm_bytes"]})
     rows = []
     for size, study in studies.items():
         tp = next(r for r in study["equality"] if r["path"] == "explicit")
-        for mode, run in (("tensor parallel", study["sequence"]["tp"]), ("+ sequence parallel", study["sequence"]["tp+sp"])):
+        for key, mode in MODES.items():
+            run = study["sequence"][key]
             rows.append({"ranks": size, "mode": mode, **{op: run["comm_bytes"].get(op, 0) / KB for op in ops},
                          "total tensor KiB": run["comm_bytes_total"] / KB,
                          "ring KiB sent per rank": run["comm_ring_bytes_total"] / KB,
-                         "Megatron formula KiB": tp["comm_bytes_formula"] / KB if mode == "tensor parallel" else None})
+                         "Megatron formula KiB": tp["comm_bytes_formula"] / KB if key == "tp" else None})
     return rows
 
 
@@ -43,7 +47,7 @@ def memory_rows(studies: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
         single = seq["single_process_saved_bytes"]
         if not rows:
             rows.append({"ranks": 1, "mode": "single process", "saved KiB per rank": single / KB, "vs single": 1.0})
-        for mode, key in (("tensor parallel", "tp"), ("tensor + sequence parallel", "tp+sp")):
+        for key, mode in MODES.items():
             saved = seq[key]["saved_bytes_per_rank"][0]
             rows.append({"ranks": size, "mode": mode, "saved KiB per rank": saved / KB, "vs single": saved / single})
     return rows
@@ -51,11 +55,13 @@ def memory_rows(studies: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def plot_memory(rows: list[dict[str, Any]]):
     fig, ax = viz.new_figure()
-    for mode, marker in (("tensor parallel", "o"), ("tensor + sequence parallel", "s")):
+    for mode, marker in zip(MODES.values(), "osD"):
         points = [(1, rows[0]["saved KiB per rank"])] + [(r["ranks"], r["saved KiB per rank"]) for r in rows
                                                           if r["mode"] == mode]
         ax.plot(*zip(*points), marker=marker, label=mode)
     ax.set_xscale("log", base=2)
+    sizes = sorted({r["ranks"] for r in rows})
+    ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.set_xlabel("group size (ranks)")
     ax.set_ylabel("saved activations per rank (KiB)")
     ax.set_ylim(bottom=0)

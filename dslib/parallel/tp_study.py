@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dslib.env import device
 from dslib.model import TransformerXL, load_config
 from dslib.parallel import tensor
 from dslib.parallel.grid import build_grid, validate_grid
@@ -22,11 +23,12 @@ from dslib.parallel.launch import launch
 
 def _model_and_batches(model: str, batch_size: int, segments: int, seed: int,
                        overrides: dict | None = None) -> tuple[TransformerXL, list]:
+    """The same seeded model and token batches on every rank (built on CPU, then moved)."""
     torch.manual_seed(seed)
     config = load_config(model, **(overrides or {}))
-    net = TransformerXL(config)
-    batches = [(torch.randint(config.vocab_size, (batch_size, config.seq_len)),
-                torch.randint(config.vocab_size, (batch_size, config.seq_len))) for _ in range(segments)]
+    net = TransformerXL(config).to(device())
+    batches = [tuple(torch.randint(config.vocab_size, (batch_size, config.seq_len)).to(device()) for _ in "xy")
+               for _ in range(segments)]
     return net, batches
 
 
@@ -77,7 +79,7 @@ def _tp_equality_one(path: str, model: str, batch_size: int, segments: int, seed
             **{f"max_abs_diff_{k}": v for k, v in diffs.items()},
             "comm_bytes": comm, "comm_bytes_total": sum(comm.values()), "comm_calls": calls,
             "comm_ring_bytes_total": sum(tensor.COMM_RING_BYTES.values()),
-            "comm_bytes_formula": tensor.predicted_comm_bytes(net.config, batch_size, segments)
+            "comm_bytes_formula": tensor.predicted_comm_bytes(net.config, batch_size, segments, dist.get_world_size())
             if path == "explicit" else None}
 
 
@@ -97,12 +99,19 @@ def tp_equality(nprocs: int = 2, paths: tuple[str, ...] = ("explicit", "dtensor"
                        overrides=overrides), timeout=timeout)
 
 
+def synchronize(where: torch.device) -> None:
+    if where.type == "cuda":
+        torch.cuda.synchronize(where)
+
+
 def step_time(net: torch.nn.Module, batches: list, steps: int) -> float:
     """Mean seconds of one forward+backward after a warm-up step."""
     forward_backward(net, batches)
+    synchronize(device())
     start = time.perf_counter()
     for _ in range(steps):
         forward_backward(net, batches)
+    synchronize(device())  # CUDA runs asynchronously: wait before reading the clock
     return (time.perf_counter() - start) / steps
 
 
@@ -136,6 +145,8 @@ def tp_step_time_rank(model: str = "tiny", batch_size: int = 2, steps: int = 3,
 def saved_activation_bytes(net: torch.nn.Module, batches: list) -> tuple[int, tuple]:
     """forward_backward, counting the bytes of distinct tensors autograd saved for backward
     (storages, so views count once; parameters excluded). Returns (bytes, its result)."""
+    from dslib.parallel.sequence import SAVED_OBSERVERS
+
     param_storages = {p.untyped_storage().data_ptr() for p in net.parameters()}
     saved: dict[int, int] = {}
 
@@ -145,8 +156,12 @@ def saved_activation_bytes(net: torch.nn.Module, batches: list) -> tuple[int, tu
             saved[storage.data_ptr()] = storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        result = forward_backward(net, batches)
+    SAVED_OBSERVERS.append(pack)  # sees what sequence parallel's own hooks keep
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            result = forward_backward(net, batches)
+    finally:
+        SAVED_OBSERVERS.remove(pack)
     return sum(saved.values()), result
 
 
@@ -160,7 +175,9 @@ def sp_study_rank(model: str = "tiny", batch_size: int = 2, segments: int = 2, s
     single_bytes, (ref_logits, ref_loss) = saved_activation_bytes(reference, batches)
     grid = build_grid(dp=1, pp=1, tp=dist.get_world_size(), config=reference.config)
     runs = {}
-    for name, apply in (("tp", tensor.parallelize_tensor), ("tp+sp", parallelize_sequence)):
+    modes = (("tp", tensor.parallelize_tensor), ("tp+sp", parallelize_sequence),
+             ("tp+sp keep gathered", lambda net, group: parallelize_sequence(net, group, regather_in_backward=False)))
+    for name, apply in modes:
         net = copy.deepcopy(reference)
         net.zero_grad(set_to_none=True)
         apply(net, grid.tp_group)
