@@ -79,13 +79,14 @@ class BlockPipe(nn.Module):
 def tensor_parallel_stage(module: nn.Module, tp_group) -> None:
     """Megatron-split the blocks this stage holds across tp_group (dslib.parallel.tensor); the
     embedding, final norm and head stay replicated, so every activation a stage sends is whole."""
-    from types import SimpleNamespace
+    import torch.distributed as dist
 
-    from dslib.parallel.tensor import parallelize_tensor
+    from dslib.parallel.tensor import check_tensor_parallel, parallelize_block
 
     blocks = [layer for layer in module.forward_funcs if isinstance(layer, BlockPipe)]
-    if blocks:
-        parallelize_tensor(SimpleNamespace(config=blocks[0].config, blocks=[b.block for b in blocks]), tp_group)
+    for block in blocks:
+        check_tensor_parallel(block.config, dist.get_world_size(tp_group))
+        parallelize_block(block.block, tp_group)
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
