@@ -33,6 +33,7 @@ from dslib.model import ModelConfig, TransformerXL, load_config, sinusoidal_embe
 from dslib.model.transformer_xl import Block
 from dslib.parallel.ds_config import load_ds_config
 
+
 @contextlib.contextmanager
 def _seeded(seed: int, layer_index: int):
     """Each layer draws its initial weights from its own seed: the same on every stage that
@@ -117,15 +118,6 @@ def layer_names(config: ModelConfig) -> list[str]:
     return ["EmbeddingPipe", *["BlockPipe"] * config.num_layers, "LayerNorm", "EmbeddingPipe(head)"]
 
 
-def reference_model(config: ModelConfig, seed: int) -> TransformerXL:
-    """The non-pipelined TransformerXL with exactly the pipeline's initial weights."""
-    model = TransformerXL(config)
-    model.embed.weight.data.copy_(EmbeddingPipe(config, seed).weight)
-    for i, block in enumerate(model.blocks):
-        block.load_state_dict(BlockPipe(config, i, seed).block.state_dict())
-    return model
-
-
 def validate(config: ModelConfig, nprocs: int, stages: int, partition_methods: list[str],
              micro_batches: list[int], tensor: int = 1) -> None:
     """Refuse a shape the pipeline cannot run, in this process, before any rank starts.
@@ -154,12 +146,12 @@ def pipe_ds_config(micro_batch: int, micro_batches: int, base: str = "zero0") ->
     return load_ds_config(base, overrides).as_dict()
 
 
-def micro_batch_stream(tokens: torch.Tensor, first_step: int, micro: int, micro_batches: int, seq_len: int,
+def micro_batch_stream(tokens: torch.Tensor, micro: int, micro_batches: int, seq_len: int,
                        seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(inputs, targets) micro-batches: step s's global batch (zero.token_batches) cut into m pieces."""
     from dslib.parallel.zero import token_batches
 
-    step = first_step
+    step = 0
     while True:
         x, y = token_batches(tokens, step, micro * micro_batches, seq_len, seed)
         for k in range(micro_batches):
@@ -170,10 +162,14 @@ def micro_batch_stream(tokens: torch.Tensor, first_step: int, micro: int, micro_
 def _record_instructions(engine, events: list) -> None:
     """Wrap each pipeline instruction of this engine to log (name, start, end) on a clock all
     processes of the machine share (CLOCK_MONOTONIC)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)  # kernels are async
+
     def timed(name, run):
         def wrapper(self, **kwargs):
+            sync()
             start = time.monotonic()
             run(self, **kwargs)
+            sync()
             events.append((name, start, time.monotonic()))
         return wrapper
 
@@ -221,6 +217,24 @@ def build_engine(config: ModelConfig, ds_config: dict, partition_method: str, se
     return engine
 
 
+def _collect(run: dict, engine, losses: list[float], events: list) -> PipeRun:
+    """Every rank's records of one run gathered into a PipeRun (the first rank of a stage speaks for it)."""
+    import torch.distributed as dist
+
+    n_params = sum(p.numel() for p in engine.module.parameters())
+    tied = engine.module.tied_modules["embed"].weight.detach().cpu() if "embed" in engine.module.tied_modules else None
+    per_rank = [None] * dist.get_world_size()
+    dist.all_gather_object(per_rank, (engine.stage_id, n_params, events, tied))
+    by_stage: dict[int, tuple] = {}
+    for stage, params, records, weight in per_rank:
+        by_stage.setdefault(stage, (params, records, weight))
+    stages = sorted(by_stage)
+    first, last = by_stage[stages[0]][2], by_stage[stages[-1]][2]
+    return PipeRun(run["label"], run["config"], run["partition_method"], run["micro_batches"],
+                   [int(p) for p in engine.module.parts], [by_stage[s][0] for s in stages], losses,
+                   [by_stage[s][1] for s in stages], (first - last).abs().max().item())
+
+
 def train_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed: int = 0, stages: int = 2,
                topology_dims: dict | None = None, transform: str | None = None) -> list[PipeRun]:
     """One rank: for each run ({"label", "config", "partition_method", "micro_batches"}) build a
@@ -250,7 +264,7 @@ def train_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed:
         ds_cfg = {**ds_config, "gradient_accumulation_steps": m}
         topology = PipeModelDataParallelTopology(**topology_dims) if topology_dims else None
         engines.append(build_engine(model_cfg, ds_cfg, run["partition_method"], seed, topology, stages, edit))
-        streams.append(micro_batch_stream(tokens, 0, ds_cfg["train_micro_batch_size_per_gpu"], m,
+        streams.append(micro_batch_stream(tokens, ds_cfg["train_micro_batch_size_per_gpu"], m,
                                           model_cfg.seq_len, seed))
     events: list = []
     for engine in engines:
@@ -263,29 +277,15 @@ def train_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed:
             events.clear()
             losses[i].append(engine.train_batch(streams[i]).item())
             per_step[i].append(list(events))
-    results = []
-    for run, engine, run_losses, run_events in zip(runs, engines, losses, per_step):
-        n_params = sum(p.numel() for p in engine.module.parameters())
-        tied = engine.module.tied_modules["embed"].weight.detach() if "embed" in engine.module.tied_modules else None
-        per_rank = [None] * dist.get_world_size()
-        dist.all_gather_object(per_rank, (engine.stage_id, n_params, run_events, tied))
-        by_stage = {}
-        for stage, params, records, weight in per_rank:
-            by_stage.setdefault(stage, (params, records, weight))  # the first rank of each stage speaks for it
-        stages_seen = sorted(by_stage)
-        ends = [by_stage[s][2] for s in (stages_seen[0], stages_seen[-1])]
-        results.append(PipeRun(run["label"], run["config"], run["partition_method"], run["micro_batches"],
-                               [int(p) for p in engine.module.parts], [by_stage[s][0] for s in stages_seen],
-                               run_losses, [by_stage[s][1] for s in stages_seen],
-                               (ends[0] - ends[1]).abs().max().item()))
-    return results
+    return [_collect(run, engine, run_losses, run_events)
+            for run, engine, run_losses, run_events in zip(runs, engines, losses, per_step)]
 
 
 def run_pipeline(runs: list[dict], stages: int = 2, micro_batch: int = 2, steps: int = 3, seed: int = 0,
                  tensor: int = 1, transform: str | None = None, token_docs: int = 2000,
                  timeout: float = 300) -> list[PipeRun]:
-    """Validate every run here, then train them one after the other on stages * tensor ranks (one
-    launch) with DeepSpeed's pipeline engine. A run: {"config": ModelConfig, "partition_method",
+    """Validate every run here, then train them all, step by step in turn, on stages * tensor ranks
+    (one launch) with DeepSpeed's pipeline engine. A run: {"config": ModelConfig, "partition_method",
     "micro_batches", "label"}. ``tensor`` > 1 uses PipeModelDataParallelTopology(num_pp=stages,
     num_mp=tensor, num_dp=1) and needs ``transform`` (the tensor-parallel rewrite of each stage)."""
     from dslib.parallel.launch import launch

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from dslib.model import ModelConfig, flops_breakdown
-from dslib.parallel.pipeline import (PipeRun, micro_batch_stream, pipe_config, pipe_ds_config, reference_model,
-                                     run_pipeline)
+from dslib.model import ModelConfig, TransformerXL, flops_breakdown
+from dslib.parallel.pipeline import (BlockPipe, EmbeddingPipe, PipeRun, micro_batch_stream, pipe_config,
+                                     pipe_ds_config, run_pipeline)
 
 STAGE_WORK = ("ForwardPass", "BackwardPass")  # the instructions that compute
 SHORT = {"EmbeddingPipe": "E", "BlockPipe": "B", "LayerNorm": "N", "EmbeddingPipe(head)": "H"}
@@ -129,6 +129,15 @@ def study(model: str, layouts: dict[str, dict], methods: list[str], balance_micr
     return {"balance": balance_rows(balance), "bubble": bubble_rows(results[len(balance):]), "runs": results}
 
 
+def reference_model(config: ModelConfig, seed: int) -> TransformerXL:
+    """The non-pipelined TransformerXL with exactly the pipeline's initial weights."""
+    model = TransformerXL(config)
+    model.embed.weight.data.copy_(EmbeddingPipe(config, seed).weight)
+    for i, block in enumerate(model.blocks):
+        block.load_state_dict(BlockPipe(config, i, seed).block.state_dict())
+    return model
+
+
 def train_reference(config: ModelConfig, ds_config: dict, shards: str, steps: int, seed: int = 0) -> list[float]:
     """The same training in one process, no pipeline: TransformerXL with the pipeline's initial
     weights, the config's AdamW, the same micro-batches accumulated per step. Losses per step."""
@@ -140,7 +149,7 @@ def train_reference(config: ModelConfig, ds_config: dict, shards: str, steps: in
     optimizer = torch.optim.AdamW(model.parameters(), **params)
     m, micro = ds_config["gradient_accumulation_steps"], ds_config["train_micro_batch_size_per_gpu"]
     tokens = torch.from_numpy(load_shards(shards).tokens("train").astype("int64"))
-    data = micro_batch_stream(tokens, 0, micro, m, config.seq_len, seed)
+    data = micro_batch_stream(tokens, micro, m, config.seq_len, seed)
     losses = []
     for _ in range(steps):
         optimizer.zero_grad()
