@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import pytest
 
+from dslib.model import flops_per_token
 from dslib.parallel import pipeline
-from dslib.parallel.pipeline import pipe_config, pipe_ds_config, run_pipeline
-from dslib.parallel.pipeline_study import bubble_formula, idle_fraction, run_3d, stage_times, train_reference
+from dslib.parallel.pipeline import PipeRun, pipe_config, pipe_ds_config, run_pipeline
+from dslib.parallel.pipeline_study import (bubble_formula, describe_stages, idle_fraction, layer_flops, run_3d,
+                                           stage_times, train_reference)
 from dslib.parallel.zero import prepare_shards
 
 STEPS, MICRO, M = 4, 2, 3
@@ -73,3 +75,24 @@ def test_3d_pipeline_x_tensor_parallel_matches_one_process(pipe_run):
     # the same stages as without tensor parallel, each rank holding half of every block's matrices
     assert result["stages"] == "E+2B | B+N+H"
     assert all(tp < pp for tp, pp in zip(result["stage_params"], pipe_run.stage_params))
+
+
+def _ideal_1f1b_run() -> PipeRun:
+    """p=2 stages, m=2 micro-batches, forward 1 s, backward 2 s, free communication (1F1B order)."""
+    stage0 = [("LoadMicroBatch", 0, 0), ("ForwardPass", 0, 1), ("ForwardPass", 1, 2),
+              ("BackwardPass", 4, 6), ("BackwardPass", 7, 9)]
+    stage1 = [("ForwardPass", 1, 2), ("BackwardPass", 2, 4), ("ForwardPass", 4, 5), ("BackwardPass", 5, 7)]
+    config = pipe_config("tiny").model_dump()
+    return PipeRun("ideal", config, "uniform", 2, [0, 3, 5], [1, 1], [0.0], [[stage0], [stage1]], 0.0)
+
+
+def test_an_ideal_schedule_measures_exactly_the_bubble_formula():
+    run = _ideal_1f1b_run()
+    assert stage_times(run, skip=0) == [3, 3]
+    assert idle_fraction(run, skip=0) == pytest.approx(bubble_formula(2, 2)) == pytest.approx(1 / 3)
+    assert describe_stages(run) == "E+2B | N+H"
+
+
+def test_layer_flops_add_up_to_the_model_flops():
+    config = pipe_config("small")
+    assert sum(layer_flops(config)) == pytest.approx(flops_per_token(config, with_memory=False))

@@ -74,8 +74,14 @@ def stage_flops(run: PipeRun) -> list[float]:
 
 def step_span(run: PipeRun, skip: int = 1) -> float:
     """Median seconds from a step's first instruction (any stage) to its last backward (any stage)."""
-    return statistics.median([max(e for rec in records for name, _, e in rec if name == "BackwardPass")
-                    - min(s for rec in records for _, s, _ in rec) for records in _step_records(run, skip)])
+    spans = [max(e for rec in records for name, _, e in rec if name == "BackwardPass")
+             - min(s for rec in records for _, s, _ in rec) for records in _step_records(run, skip)]
+    return statistics.median(spans)
+
+
+def _ratio(values: list[float]) -> float:
+    """Slowest / fastest stage (inf when a stage has nothing to compute, e.g. the embedding alone)."""
+    return max(values) / min(values) if min(values) > 0 else float("inf")
 
 
 def describe_stages(run: PipeRun) -> str:
@@ -95,7 +101,7 @@ def balance_rows(runs: list[PipeRun]) -> list[dict[str, Any]]:
         rows.append({"layout": run.label, "partition_method": run.partition_method, "stages": describe_stages(run),
                      "params_per_stage": run.stage_params,
                      "ms_per_stage": [round(t * 1e3, 2) for t in times],
-                     "balance_ratio": max(times) / min(times), "flops_ratio": max(flops) / min(flops),
+                     "balance_ratio": _ratio(times), "flops_ratio": _ratio(flops),
                      "step_ms": step_span(run) * 1e3})
     for row in rows:  # improvement over DeepSpeed's layer-count split of the same layout
         uniform = next(r for r in rows if r["layout"] == row["layout"] and r["partition_method"] == "uniform")
@@ -108,7 +114,7 @@ def bubble_rows(runs: list[PipeRun]) -> list[dict[str, Any]]:
     return [{"micro_batches": run.micro_batches, "partition_method": run.partition_method,
              "stages": describe_stages(run), "measured_idle": idle_fraction(run),
              "formula_idle": bubble_formula(len(run.parts) - 1, run.micro_batches),
-             "balance_ratio": max(stage_times(run)) / min(stage_times(run))} for run in runs]
+             "balance_ratio": _ratio(stage_times(run))} for run in runs]
 
 
 def study(model: str, layouts: dict[str, dict], methods: list[str], balance_micro_batches: int,
