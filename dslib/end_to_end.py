@@ -94,6 +94,7 @@ def lion_factory(weight_decay: float) -> Any:
 
 def train(cfg: EndToEndConfig, corpus: Corpus, run: Any = None) -> Trained:
     """Train with the configured chapter choices; the returned model is on this process."""
+    from dslib.env import device
     from dslib.model import TransformerXL
     from dslib.train import Trainer, seed_everything
     from dslib.train.zero_trainer import train_zero
@@ -112,6 +113,7 @@ def train(cfg: EndToEndConfig, corpus: Corpus, run: Any = None) -> Trained:
         result, state = train_zero(model_cfg, train_cfg, corpus.shards.folder, t.zero_stage, t.optimizer,
                                    t.checkpoint_every, t.nprocs, t.launch_timeout_s)
         model.load_state_dict(state)
+        model.to(device())  # evaluated where the single-process run would have left it
     return Trained(model.eval(), result, time.perf_counter() - start,
                    checkpointed_layers(model_cfg.num_layers, t.checkpoint_every),
                    sum(p.numel() for p in model.parameters()))
@@ -126,6 +128,7 @@ class Evaluation:
 
 
 def evaluate(cfg: EndToEndConfig, corpus: Corpus, model: Any) -> Evaluation:
+    """Chapter 10's measures on the held-out documents of every source."""
     from dslib.eval.lm import DslibLM
     from dslib.eval.perplexity import perplexity, unigram_perplexity
     from dslib.eval.prompts import build_suites, evaluate_suites
