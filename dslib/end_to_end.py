@@ -205,8 +205,8 @@ def model_card(cfg: EndToEndConfig, corpus: Corpus, trained: Trained, evaluation
             "epochs over the training tokens": f"{t.steps * t.batch_size * m.seq_len / shards.num_tokens('train'):.2f}"}
     worst = min(evaluation.perplexity, key=lambda r: r["unigram"] / r["model_memory"])
     limitations = [
-        f"A demonstration-size model: {trained.parameters:,} parameters trained on "
-        f"{shards.num_tokens('train'):,} tokens; its weakest source ({worst['source']}) reaches perplexity "
+        f"A demonstration-size model: {trained.parameters:,} parameters that saw "
+        f"{t.steps * t.batch_size * m.seq_len:,} training tokens; its weakest source ({worst['source']}) reaches perplexity "
         f"{worst['model_memory']:.1f} against unigram {worst['unigram']:.1f}.",
         "Prompt items are continuations cut from held-out documents of the same sources: they measure "
         "in-domain fit, not general ability.",
