@@ -151,13 +151,16 @@ def evaluate(cfg: EndToEndConfig, corpus: Corpus, model: Any) -> Evaluation:
     usable = {s: d for s, d in corpus.held_out.items() if any(len(t.split()) >= 22 for t in d)}  # 16 + 6 words
     suites = build_suites(usable, e.prompt_items, seed=cfg.seed, distractors="other")
     attacked = [it for items in suites.values() for it in items[:e.robust_items]]
-    robustness = robustness_curves(lm, attacked, [e.robust_rate], attacks=[e.robust_attack], seed=cfg.seed)
+    robustness = robustness_curves(lm, attacked, [e.robust_rate], attacks=[e.robust_attack], seed=cfg.seed) \
+        if attacked else []
     return Evaluation(rows, evaluate_suites(lm, suites), robustness)
 
 
 def check_beats_unigram(cfg: EndToEndConfig, evaluation: Evaluation) -> list[str]:
     """Raise AssertionError unless unigram / model perplexity >= min_gain_vs_unigram on every
     source; returns one line per source saying by how much it won."""
+    if not evaluation.perplexity:
+        raise AssertionError("no held-out documents were evaluated: raise the sources' sizes or val_fraction")
     lines, failed = [], []
     for row in evaluation.perplexity:
         gain = row["unigram"] / row["model_memory"]
@@ -203,11 +206,13 @@ def model_card(cfg: EndToEndConfig, corpus: Corpus, trained: Trained, evaluation
             "train / held-out documents": f"{shards.num_documents('train'):,} / {shards.num_documents('val'):,}",
             "train / held-out tokens": f"{shards.num_tokens('train'):,} / {shards.num_tokens('val'):,}",
             "epochs over the training tokens": f"{t.steps * t.batch_size * m.seq_len / shards.num_tokens('train'):.2f}"}
-    worst = min(evaluation.perplexity, key=lambda r: r["unigram"] / r["model_memory"])
-    limitations = [
-        f"A demonstration-size model: {trained.parameters:,} parameters that saw "
-        f"{t.steps * t.batch_size * m.seq_len:,} training tokens; its weakest source ({worst['source']}) reaches perplexity "
-        f"{worst['model_memory']:.1f} against unigram {worst['unigram']:.1f}.",
+    limitations = [f"A demonstration-size model: {trained.parameters:,} parameters that saw "
+                   f"{t.steps * t.batch_size * m.seq_len:,} training tokens."]
+    if evaluation.perplexity:
+        worst = min(evaluation.perplexity, key=lambda r: r["unigram"] / r["model_memory"])
+        limitations[0] += (f" Its weakest source ({worst['source']}) reaches perplexity {worst['model_memory']:.1f} "
+                           f"against unigram {worst['unigram']:.1f}.")
+    limitations += [
         "Prompt items are continuations cut from held-out documents of the same sources: they measure "
         "in-domain fit, not general ability.",
         "Near-duplicate removal runs within this corpus only; held-out documents may still resemble "
