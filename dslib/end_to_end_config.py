@@ -63,7 +63,7 @@ class TrainSection(_Strict):
     optimizer: Literal["adamw", "lion"] = "adamw"
     lion_lr_ratio: float = Field(0.2, gt=0, le=1)
     checkpoint_every: int | None = Field(None, ge=1)
-    steps: int = Field(300, gt=0)
+    steps: int = Field(500, gt=0)
     batch_size: int = Field(8, gt=0)
     lr: float = Field(3e-3, gt=0)
     launch_timeout_s: float = Field(900, gt=0)
