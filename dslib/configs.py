@@ -5,6 +5,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """``base`` with ``overrides`` applied; nested sections merge key by key (inputs untouched)."""
@@ -26,3 +28,9 @@ def config_path(name_or_path: str | Path, folder: Path, suffix: str, kind: str) 
         known = sorted(p.stem for p in folder.glob(f"*{suffix}"))
         raise FileNotFoundError(f"no {kind} config {str(name_or_path)!r}; known: {known}")
     return path
+
+
+def validation_message(error: ValidationError) -> str:
+    """pydantic's errors as one line, each naming its field: ``train.steps: Input should be ... (got 0)``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+                     for e in error.errors())

@@ -52,12 +52,29 @@ def test_chrf_bounds(metrics):
     assert metrics["chrf"].compute(predictions=["xyz"], references=["abc"])["score"] == 0.0
 
 
+def test_chrf_hand_computed(metrics):
+    # character n-grams (whitespace removed) of "ab" against "abc": unigrams P = 2/2, R = 2/3;
+    # bigrams P = 1/1, R = 1/2; sacrebleu averages P and R over the orders both sides have
+    # (1 and 2 here), then takes F_beta with beta = 2
+    p, r = 1.0, (2 / 3 + 1 / 2) / 2
+    out = metrics["chrf"].compute(predictions=["ab"], references=["abc"])
+    assert out["score"] == pytest.approx(100 * (1 + 2**2) * p * r / (2**2 * p + r))
+
+
 def test_perplexity_hand_computed(metrics):
     out = metrics["perplexity"].compute(token_nlls=[[math.log(2), math.log(2)], [math.log(8)]], num_bytes=[1, 2])
     # mean NLL = (2 ln2 + 3 ln2) / 3 tokens; bits per byte = 5 bits / 3 bytes
     assert out["perplexity"] == pytest.approx(2 ** (5 / 3))
     assert out["bits_per_byte"] == pytest.approx(5 / 3)
     assert out["perplexities"] == pytest.approx([2.0, 8.0]) and out["num_tokens"] == 3
+
+
+def test_perplexity_rows_add_up_over_batches():
+    metric = load_metric("perplexity")
+    metric.add_batch(token_nlls=[[math.log(2), math.log(2)]], num_bytes=[1])
+    metric.add_batch(token_nlls=[[math.log(8)]], num_bytes=[2])
+    out = metric.compute()
+    assert out["perplexity"] == pytest.approx(2 ** (5 / 3)) and out["num_bytes"] == 3
 
 
 def _squad(pred_text, golds, qid="q", na_prob=0.0):
@@ -221,6 +238,7 @@ def test_perturbations_change_what_they_claim(rate):
     assert len(word_delete(SENTENCE, rate, 3).split()) == len(words) - round(rate * len(words))
     swapped = word_swap(SENTENCE, rate, 3).split()
     assert sorted(swapped) == sorted(words) and swapped != words
+    assert 0 < sum(a != b for a, b in zip(words, swapped)) <= 2 * round(rate * (len(words) - 1))
 
 
 def test_hotflip_flips_budgeted_tokens_and_raises_the_loss(tiny_lm):

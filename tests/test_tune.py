@@ -31,6 +31,31 @@ def test_checkpointed_and_plain_gradients_are_equal():
     assert all("forward" not in block.__dict__ for block in model.blocks)
 
 
+def test_checkpointing_under_bf16_autocast_recomputes_like_the_forward():
+    """Chapter 07's autocast upcasts softmax/LayerNorm through a torch function mode, which
+    torch's checkpoint does not replay in backward by itself: the recompute must run under it too."""
+    from dslib.train import precision
+
+    torch.manual_seed(0)
+    model = TransformerXL(load_config("tiny", num_layers=2))
+    idx = torch.randint(0, 512, (2, 32))
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        with precision.autocast(torch.device("cpu"), "bf16"):
+            loss = model(idx, targets=idx).loss
+        loss.backward()  # outside autocast, as in the Trainer: where the recompute runs
+        return loss, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    plain_loss, plain = grads()
+    apply_checkpointing(model, every=1)
+    ckpt_loss, ckpt = grads()  # raised CheckpointError (bf16 recompute vs FP32 saved) before the fix
+    remove_checkpointing(model)
+    assert torch.equal(plain_loss, ckpt_loss)
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], msg=name)
+
+
 def test_checkpointing_lowers_the_modelled_activations():
     config = load_config("small", num_layers=8)
     sizes = [modelled_activation_bytes(config, 8, k) for k in (1, 2, 4, 8, None)]

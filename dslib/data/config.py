@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dslib.configs import validation_message
 from dslib.env import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "configs" / "data"
@@ -125,16 +126,11 @@ class PipelineConfig(_Strict):
     steps: list[StepConfig] = Field(min_length=1)
 
 
-def _format(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
-                     for e in error.errors())
-
-
 def parse_config(data: dict[str, Any], origin: str = "config") -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{origin}: {_format(e)}") from None
+        raise ConfigError(f"{origin}: {validation_message(e)}") from None
 
 
 def load_config(path: str | Path) -> PipelineConfig:

@@ -82,7 +82,21 @@ def perplexity(model: nn.Module, tokenizer, texts: Sequence[str], seq_len: int, 
     """Perplexity of `texts` (read as one stream) through the local `perplexity` metric module:
     token perplexity, bits per byte, and per-document perplexities."""
     ids, owner, num_bytes = document_stream(texts, tokenizer)
-    nlls = token_nlls(model, ids, seq_len, mode, stride).cpu().numpy()
-    bounds = np.searchsorted(np.asarray(owner), np.arange(len(texts) + 1))
-    per_doc = [nlls[bounds[i]:bounds[i + 1]].tolist() for i in range(len(texts))]
+    return _per_document_metric(token_nlls(model, ids, seq_len, mode, stride).cpu().numpy(), owner, num_bytes)
+
+
+def unigram_perplexity(train_counts: np.ndarray, tokenizer, texts: Sequence[str]) -> dict:
+    """The baseline a language model must beat: every token predicted from its training
+    frequency alone, add-one smoothed, p(t) = (count(t) + 1) / (N + V), scored on exactly the
+    tokens `perplexity` scores (the same stream, the same metric module)."""
+    ids, owner, num_bytes = document_stream(texts, tokenizer)
+    counts = np.asarray(train_counts, dtype=np.float64)
+    log_p = np.log(counts + 1.0) - np.log(counts.sum() + len(counts))
+    return _per_document_metric(-log_p[np.asarray(ids[1:])], owner, num_bytes)
+
+
+def _per_document_metric(nlls: np.ndarray, owner: list[int], num_bytes: list[int]) -> dict:
+    """The `perplexity` module over NLLs of document_stream's targets, grouped by document."""
+    bounds = np.searchsorted(np.asarray(owner), np.arange(len(num_bytes) + 1))
+    per_doc = [nlls[bounds[i]:bounds[i + 1]].tolist() for i in range(len(num_bytes))]
     return load_metric("perplexity").compute(token_nlls=per_doc, num_bytes=num_bytes)

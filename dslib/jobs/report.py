@@ -5,10 +5,11 @@ then the claims ledger, with a "not yet checked" row for any claim no chapter re
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dslib.jobs.record import load_claims, read_record
+from dslib.jobs.record import METRICS_FILE, load_claims, read_record
 
 MAX_TABLE_ROWS = 25
 
@@ -68,6 +69,24 @@ def claims_ledger(records: dict[Path, dict[str, Any]]) -> str:
                          "verdict": check["verdict"] if check else "not yet checked",
                          "note": check.get("note", "") if check else claim["check"]})
     return "## Claims ledger\n\n" + markdown_table(rows, max_rows=len(rows))
+
+
+def latest_records(root: Path, exclude: Path | None = None) -> dict[Path, dict[str, Any]]:
+    """The newest successful run of each notebook anywhere under ``root`` (book, runs, jobs,
+    lab), by start time (file time for lab runs, which have no runner section)."""
+    newest: dict[str, tuple[str, Path, dict[str, Any]]] = {}
+    for path in Path(root).rglob(METRICS_FILE):
+        if exclude is not None and path.parent.resolve() == Path(exclude).resolve():
+            continue
+        record = read_record(path.parent)
+        info, stem = record.get("run", {}), record.get("stem")
+        if stem is None or info.get("status", "ok") != "ok":
+            continue
+        when = info.get("started") or datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(
+            timespec="seconds")
+        if stem not in newest or when > newest[stem][0]:
+            newest[stem] = (when, path.parent, record)
+    return {run_dir: record for _, run_dir, record in newest.values()}
 
 
 def build(run_dirs: list[Path], out_dir: Path, title: str = "The dslib cookbook") -> tuple[Path, Path]:

@@ -18,14 +18,17 @@ and dslib.model.flops.flops_breakdown):
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from torch import nn
+from torch.overrides import _get_current_function_mode_stack
 from torch.utils.checkpoint import checkpoint
 
 from dslib.model.config import ModelConfig
 from dslib.model.flops import flops_breakdown
 from dslib.plan.memory import ActivationShape, layer_activation_bytes
+from dslib.train.precision import UpcastSensitiveOps
 
 
 def checkpointed_layers(num_layers: int, every: int | None) -> list[int]:
@@ -37,8 +40,15 @@ def checkpointed_layers(num_layers: int, every: int | None) -> list[int]:
     return list(range(0, num_layers, every))
 
 
+def _same_precision_modes() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """(forward, recompute) contexts: torch replays autocast in the recompute by itself, not
+    chapter 07's FP32 upcast mode; without it a bf16 recompute mismatches the saved FP32 tensors."""
+    upcast = any(isinstance(mode, UpcastSensitiveOps) for mode in _get_current_function_mode_stack())
+    return contextlib.nullcontext(), UpcastSensitiveOps() if upcast else contextlib.nullcontext()
+
+
 def _checkpointed_forward(forward, *args, **kwargs):
-    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, context_fn=_same_precision_modes, **kwargs)
 
 
 def apply_checkpointing(model: nn.Module, every: int | None) -> list[int]:
