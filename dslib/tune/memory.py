@@ -10,16 +10,20 @@ glibc's mmap threshold is pinned at 64 KiB there, so every tensor larger than th
 mapped on allocation and returned on free: RSS follows the live tensors, not the
 allocator's cache. That makes every large allocation a fresh mapping (slow), so step
 times are measured separately, in the calling process with the normal allocator.
+Where configurations must share a process (DeepSpeed engines on launched ranks),
+``rss_follows_tensors`` switches the same allocator setting on for the measured steps only.
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
 import subprocess
 import sys
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from dslib.env import REPO_ROOT
 
@@ -39,6 +43,29 @@ def _reset_peak() -> int:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     return _status_bytes("VmRSS")
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+@contextmanager
+def rss_follows_tensors() -> Iterator[Callable[[], int]]:
+    """Inside: allocations over 64 KiB are mapped on allocation and returned on free, so RSS
+    follows the live tensors; yields a function giving the peak RSS above the RSS at entry.
+
+    Heap memory freed before entry is returned first (malloc_trim). On exit, large
+    allocations come from the heap again and stay there (fast), until the next entry.
+    """
+    libc = ctypes.CDLL(None)
+    gc.collect()
+    libc.malloc_trim(0)
+    libc.mallopt(M_MMAP_THRESHOLD, 64 << 10)
+    baseline = _reset_peak()
+    try:
+        yield lambda: _status_bytes("VmHWM") - baseline
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
 
 
 def measure_in_this_process(model: str, model_overrides: dict[str, Any], checkpoint_every: int | None,
