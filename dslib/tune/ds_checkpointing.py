@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 
+from dslib.env import device
 from dslib.parallel.ds_config import DeepSpeedConfig, load_ds_config
 
 MB = 1e6
@@ -123,13 +124,13 @@ def rank_batch(model: str, model_overrides: dict[str, Any], micro_batch: int, se
 
     config = load_config(model, **model_overrides)
     gen = torch.Generator().manual_seed(seed + (0 if same_on_all_ranks else 1 + dist.get_rank()))
-    return torch.randint(0, config.vocab_size, (micro_batch, config.seq_len), generator=gen)
+    return torch.randint(0, config.vocab_size, (micro_batch, config.seq_len), generator=gen).to(device())
 
 
 def _measure(ds_config, variant, every, model, model_overrides, micro_batch, steps, timed_steps, seed):
     import time
 
-    from dslib.tune.memory import rss_follows_tensors
+    from dslib.tune.memory import peak_memory, synchronize
 
     engine = build_engine(ds_config, variant, model, model_overrides, every, seed)
     idx = rank_batch(model, model_overrides, micro_batch, seed, VARIANTS[variant].model_parallel)
@@ -138,6 +139,7 @@ def _measure(ds_config, variant, every, model, model_overrides, micro_batch, ste
         loss = engine(idx, targets=idx).loss
         engine.backward(loss)
         engine.step()
+        synchronize(engine.device)
         return loss.item()
 
     step()  # warm-up: optimizer states exist from here on
@@ -146,7 +148,7 @@ def _measure(ds_config, variant, every, model, model_overrides, micro_batch, ste
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    with rss_follows_tensors() as peak:
+    with peak_memory(engine.device) as peak:
         for _ in range(steps):
             loss = step()
         peak_bytes = peak()
@@ -224,7 +226,7 @@ def _gradient_differences(ds_config: dict[str, Any], variant: str, every: int, m
     batches = [torch.empty_like(idx) for _ in range(dist.get_world_size())]
     dist.all_gather(batches, idx)
     torch.manual_seed(seed)
-    plain = TransformerXL(load_config(model, **model_overrides))
+    plain = TransformerXL(load_config(model, **model_overrides)).to(device())
     global_batch = torch.cat(batches)  # mean loss over it = DeepSpeed's mean of the ranks' losses
     plain(global_batch, targets=global_batch).loss.backward()
     engine = build_engine(ds_config, variant, model, model_overrides, every, seed)

@@ -22,10 +22,11 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from dslib.env import REPO_ROOT
+from dslib.env import REPO_ROOT, device
 
 MB = 1e6
 
@@ -68,6 +69,30 @@ def rss_follows_tensors() -> Iterator[Callable[[], int]]:
         libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
 
 
+@contextmanager
+def peak_memory(device) -> Iterator[Callable[[], int]]:
+    """Peak tensor memory above the memory at entry: the CUDA allocator's statistics on a GPU,
+    ``rss_follows_tensors`` on a CPU."""
+    import torch
+
+    if device.type != "cuda":
+        with rss_follows_tensors() as peak:
+            yield peak
+        return
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    baseline = torch.cuda.memory_allocated(device)
+    yield lambda: torch.cuda.max_memory_allocated(device) - baseline
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (a no-op on a CPU), so that a timer sees it."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def measure_in_this_process(model: str, model_overrides: dict[str, Any], checkpoint_every: int | None,
                             share_group: int | None, batch_size: int, steps: int, seed: int) -> dict[str, Any]:
     """Build, tune and train ``steps`` steps (>= 2: the second is the first with AdamW states
@@ -78,13 +103,13 @@ def measure_in_this_process(model: str, model_overrides: dict[str, Any], checkpo
     # run it on a throw-away copy, free it, then start counting
     args = (model, model_overrides, checkpoint_every, share_group, batch_size, seed)
     _train_step(*_tuned_setup(*args))
-    gc.collect()
-    baseline = _reset_peak()
-    net, optimizer, idx = _tuned_setup(*args)
-    for _ in range(steps):
-        _train_step(net, optimizer, idx)
+    with peak_memory(device()) as peak:
+        net, optimizer, idx = _tuned_setup(*args)
+        for _ in range(steps):
+            _train_step(net, optimizer, idx)
+        peak_bytes = peak()
     return {"model": model, "checkpoint_every": checkpoint_every, "share_group": share_group,
-            "params": unique_parameter_count(net), "peak_MB": (_status_bytes("VmHWM") - baseline) / MB}
+            "params": unique_parameter_count(net), "peak_MB": peak_bytes / MB}
 
 
 def _tuned_setup(model: str, model_overrides: dict[str, Any], checkpoint_every: int | None,
@@ -101,7 +126,8 @@ def _tuned_setup(model: str, model_overrides: dict[str, Any], checkpoint_every: 
     if share_group:
         share_mlp(net, share_group)
     apply_checkpointing(net, checkpoint_every)
-    idx = torch.randint(0, config.vocab_size, (batch_size, config.seq_len))
+    net.to(device())
+    idx = torch.randint(0, config.vocab_size, (batch_size, config.seq_len)).to(device())
     return net, torch.optim.AdamW(net.parameters(), lr=1e-4), idx
 
 
@@ -123,6 +149,7 @@ def step_times(configs: list[dict[str, Any]], rounds: int = 3) -> list[float]:
         for i, setup in enumerate(setups):
             start = time.perf_counter()
             _train_step(*setup)
+            synchronize(device())
             best[i] = min(best[i], time.perf_counter() - start)
     return best
 
@@ -163,7 +190,8 @@ def checkpoint_sweep(everies: list[int | None], model: str = "tiny", model_overr
     from dslib.tune.checkpointing import modelled_activation_bytes, modelled_recompute_overhead
 
     config = load_config(model, **(model_overrides or {}))
-    rows = [measure(model, model_overrides, every, None, batch_size) for every in everies]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two fresh processes at a time: peaks are per process
+        rows = list(pool.map(lambda every: measure(model, model_overrides, every, None, batch_size), everies))
     configs = [dict(model=model, model_overrides=model_overrides or {}, checkpoint_every=every, share_group=None,
                     batch_size=batch_size, seed=0) for every in everies]
     for row, seconds in zip(rows, step_times(configs, timed_steps)):
