@@ -19,8 +19,9 @@
 VARIANTS lists the settings measured here. Each (variant, k) runs on every rank with a fresh
 DeepSpeed engine over the chapter 03 model with every k-th block checkpointed
 (dslib.tune.checkpointing.apply_checkpointing): a few timed steps with the normal
-allocator, then steps whose peak RSS above the engine at rest is measured
-(dslib.tune.memory.rss_follows_tensors). A variant that raises is recorded with its error.
+allocator, then steps whose peak memory above the engine at rest is measured
+(dslib.tune.memory.peak_memory: RSS that follows the tensors on a CPU, the CUDA allocator's
+peak on a GPU). A variant that raises is recorded with its error.
 """
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def build_engine(ds_config: dict[str, Any], variant: str, model: str, model_over
 
     v = VARIANTS[variant]
     torch.manual_seed(seed)
-    net = TransformerXL(load_config(model, **model_overrides))
+    net = TransformerXL(load_config(model, **model_overrides)).to(device())
     layers = apply_checkpointing(net, every if v.impl != "none" else None,
                                  "deepspeed" if v.impl == "deepspeed" else "torch")
     config = variant_config(ds_config, variant, len(layers))

@@ -2,16 +2,16 @@
 
 Why a fresh process: the allocator keeps freed memory, so configurations measured one
 after another in one process would hide each other. Each configuration runs ``python -m
-dslib.tune.memory`` alone. After the imports it resets the kernel's peak-RSS mark
-(``echo 5 > /proc/self/clear_refs``, Linux >= 4.0), so import-time transients do not
-count; peak RSS (VmHWM) minus the RSS at that moment is the training memory of the
-steps (weights, gradients, AdamW states, activations, temporaries).
-glibc's mmap threshold is pinned at 64 KiB there, so every tensor larger than that is
-mapped on allocation and returned on free: RSS follows the live tensors, not the
-allocator's cache. That makes every large allocation a fresh mapping (slow), so step
-times are measured separately, in the calling process with the normal allocator.
-Where configurations must share a process (DeepSpeed engines on launched ranks),
-``rss_follows_tensors`` switches the same allocator setting on for the measured steps only.
+dslib.tune.memory`` alone, and its steps run inside ``peak_memory``. On a CPU that is
+``rss_follows_tensors``: glibc's mmap threshold is pinned at 64 KiB, so every tensor
+larger than that is mapped on allocation and returned on free (RSS follows the live
+tensors, not the allocator's cache), and the kernel's peak-RSS mark is reset
+(``echo 5 > /proc/self/clear_refs``, Linux >= 4.0), so imports and the warm-up do not
+count: peak RSS (VmHWM) minus the RSS at that moment is the training memory of the steps
+(weights, gradients, AdamW states, activations, temporaries). On a GPU it is the CUDA
+allocator's peak. Fresh mappings are slow, so step times are measured separately, in the
+calling process with the normal allocator. Where configurations must share a process
+(DeepSpeed engines on launched ranks), ``peak_memory`` wraps the measured steps only.
 """
 from __future__ import annotations
 
@@ -173,8 +173,8 @@ _measured: dict[str, dict[str, Any]] = {}
 
 
 def _measure_fresh(args: dict[str, Any], timeout: float) -> dict[str, Any]:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)
     proc = subprocess.run([sys.executable, "-m", "dslib.tune.memory", json.dumps(args)], env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
