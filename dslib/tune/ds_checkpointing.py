@@ -188,7 +188,8 @@ def checkpoint_sweep(everies: list[int | None], impls: list[str], section_varian
     and the modelled bytes of checkpoint inputs a rank keeps. Configs are validated here."""
     from dslib.model import load_config
     from dslib.parallel.launch import launch
-    from dslib.tune.checkpointing import checkpoint_input_bytes, checkpointed_layers
+    from dslib.tune.checkpointing import (checkpoint_input_bytes, checkpointed_layers, modelled_activation_bytes,
+                                          modelled_recompute_overhead)
 
     runs = [("none", None)] + [(v, k) for v in impls for k in everies if k] \
         + [(v, section_every) for v in section_variants]
@@ -207,6 +208,9 @@ def checkpoint_sweep(everies: list[int | None], impls: list[str], section_varian
         split = nprocs if v.model_parallel and v.section.get("partition_activations") else 1
         calls = len(checkpointed_layers(model_cfg.num_layers, row["checkpoint_every"])) if v.impl != "none" else 0
         row["modelled_checkpoint_inputs_MB"] = calls * checkpoint_input_bytes(model_cfg, micro_batch) / split / MB
+        every = row["checkpoint_every"] if calls else None
+        row["modelled_activations_MB"] = modelled_activation_bytes(model_cfg, micro_batch, every) / MB
+        row["modelled_recompute"] = modelled_recompute_overhead(model_cfg, every)
         row["config"], row["world_size"] = config, nprocs
         if not row["error"]:
             row["time_overhead"] = row["step_s"] / plain["step_s"] - 1

@@ -6,16 +6,21 @@ from typing import Any
 from dslib import viz
 
 
+def _modelled_curve(ax, rows: list[dict[str, Any]], plain: dict[str, Any]) -> None:
+    """The plain peak moved by the modelled activation bytes, at the modelled recompute overhead."""
+    rows = sorted(rows, key=lambda r: r["modelled_recompute"])
+    modelled = [plain["peak_MB"] - plain["modelled_activations_MB"] + r["modelled_activations_MB"] for r in rows]
+    ax.plot([r["modelled_recompute"] * 100 for r in rows], modelled, "x--", color="gray",
+            label="modelled (plan: activations, recompute FLOPs)")
+
+
 def checkpoint_tradeoff(rows: list[dict[str, Any]]):
     """Memory saved against time overhead per k, measured, with the modelled curve drawn in."""
     fig, axes = viz.new_figure(2)
     ax_mem, ax_time = axes[0]
     labels = [f"k={r['checkpoint_every']}" if r["checkpoint_every"] else "none" for r in rows]
     ax_mem.scatter([r["time_overhead"] * 100 for r in rows], [r["peak_MB"] for r in rows], label="measured")
-    plain = next(r for r in rows if r["checkpoint_every"] is None)
-    modelled = [plain["peak_MB"] - plain["modelled_activations_MB"] + r["modelled_activations_MB"] for r in rows]
-    ax_mem.plot([r["modelled_recompute"] * 100 for r in rows], modelled, "x--", color="gray",
-                label="modelled (plan: activations, recompute FLOPs)")
+    _modelled_curve(ax_mem, rows, next(r for r in rows if r["checkpoint_every"] is None))
     for r, label in zip(rows, labels):
         ax_mem.annotate(label, (r["time_overhead"] * 100, r["peak_MB"]), fontsize=8)
     ax_mem.set(xlabel="step time overhead vs none (%)", ylabel="peak training memory (MB)",
@@ -94,6 +99,7 @@ def deepspeed_checkpointing(rows: list[dict[str, Any]]):
         for r in series:
             ax_k.annotate(f"k={r['checkpoint_every']}", (r["time_overhead"] * 100, r["peak_MB"]), fontsize=8)
     ax_k.scatter([0], [plain["peak_MB"]], color="black", label="no checkpointing")
+    _modelled_curve(ax_k, [r for r in rows if r["variant"] in ("none", "deepspeed")], plain)
     ax_k.set(xlabel="step time overhead vs none (%)", ylabel="peak step memory per rank (MB, mean of ranks)",
              title=f"{plain['config']}, {plain['world_size']} ranks: torch vs DeepSpeed")
     ax_k.legend(fontsize=8)
