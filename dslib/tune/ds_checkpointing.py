@@ -16,10 +16,10 @@
                             copy the partitions into buffers preallocated for
                             ``number_checkpoints`` checkpointed calls (fragmentation on GPUs);
                             needs partition_activations.
-VARIANTS lists the settings measured here. Each (variant, k) runs on every rank with a fresh
-DeepSpeed engine over the chapter 03 model with every k-th block checkpointed
-(dslib.tune.checkpointing.apply_checkpointing): a few timed steps with the normal
-allocator, then steps whose peak memory above the engine at rest is measured
+VARIANTS lists the settings measured here. Each (variant, k) gets its own DeepSpeed engine on
+every rank over the chapter 03 model with every k-th block checkpointed
+(dslib.tune.checkpointing.apply_checkpointing): steps timed round-robin over the engines with
+the normal allocator, then each engine's peak memory above its state at rest
 (dslib.tune.memory.peak_memory: RSS that follows the tensors on a CPU, the CUDA allocator's
 peak on a GPU). A variant that raises is recorded with its error.
 """
@@ -97,7 +97,8 @@ def variant_config(ds_config: dict[str, Any], variant: str, checkpointed_calls: 
 
 def build_engine(ds_config: dict[str, Any], variant: str, model: str, model_overrides: dict[str, Any],
                  every: int | None, seed: int):
-    """A DeepSpeed engine over the chapter 03 model, every k-th block checkpointed by the variant."""
+    """A DeepSpeed engine over the chapter 03 model, every k-th block checkpointed by the variant,
+    and the variant's config (for ``configure_checkpointing``)."""
     import deepspeed
 
     from dslib.model import TransformerXL, load_config
@@ -113,9 +114,16 @@ def build_engine(ds_config: dict[str, Any], variant: str, model: str, model_over
     skip_shm_comm()
     engine, *_ = deepspeed.initialize(model=net, model_parameters=net.parameters(), config=config,
                                       dist_init_required=False)
+    return engine, config
+
+
+def configure_checkpointing(variant: str, config: dict[str, Any]) -> None:
+    """Point DeepSpeed's checkpointing settings (process-wide globals) at this variant's section."""
+    import deepspeed
+
+    v = VARIANTS[variant]
     if v.impl == "deepspeed":
         deepspeed.checkpointing.configure(CheckpointGroups(v.model_parallel), deepspeed_config=config)
-    return engine
 
 
 def rank_batch(model: str, model_overrides: dict[str, Any], micro_batch: int, seed: int,
@@ -128,53 +136,71 @@ def rank_batch(model: str, model_overrides: dict[str, Any], micro_batch: int, se
     return torch.randint(0, config.vocab_size, (micro_batch, config.seq_len), generator=gen).to(device())
 
 
-def _measure(ds_config, variant, every, model, model_overrides, micro_batch, steps, timed_steps, seed):
-    import time
+class _Run:
+    """One (variant, k) on this rank: its engine, config and micro-batch."""
 
-    from dslib.tune.memory import peak_memory, synchronize
+    def __init__(self, ds_config, variant, every, model, model_overrides, micro_batch, seed) -> None:
+        self.variant = variant
+        self.engine, self.config = build_engine(ds_config, variant, model, model_overrides, every, seed)
+        self.idx = rank_batch(model, model_overrides, micro_batch, seed, VARIANTS[variant].model_parallel)
 
-    engine = build_engine(ds_config, variant, model, model_overrides, every, seed)
-    idx = rank_batch(model, model_overrides, micro_batch, seed, VARIANTS[variant].model_parallel)
+    def step(self) -> float:
+        """One training step (the caller runs ``configure_checkpointing`` first); returns the loss."""
+        from dslib.tune.memory import synchronize
 
-    def step() -> float:
-        loss = engine(idx, targets=idx).loss
-        engine.backward(loss)
-        engine.step()
-        synchronize(engine.device)
+        loss = self.engine(self.idx, targets=self.idx).loss
+        self.engine.backward(loss)
+        self.engine.step()
+        synchronize(self.engine.device)
         return loss.item()
 
-    step()  # warm-up: optimizer states exist from here on
-    times = []
-    for _ in range(timed_steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    with peak_memory(engine.device) as peak:
-        for _ in range(steps):
-            loss = step()
-        peak_bytes = peak()
-    engine.destroy()
-    return {"step_s": min(times), "peak_MB": peak_bytes / MB, "loss": loss}
+
+def _error_text(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def sweep_rank(ds_config: dict[str, Any], runs: list[tuple[str, int | None]], model: str,
                model_overrides: dict[str, Any], micro_batch: int, steps: int = 2, timed_steps: int = 3,
                seed: int = 0) -> list[dict[str, Any]]:
-    """One rank of ``checkpoint_sweep``: every (variant, k) in turn; rank 0 returns the rows."""
-    rows = []
+    """One rank of ``checkpoint_sweep``; rank 0 returns the rows. Every (variant, k) gets an engine
+    and a warm-up step (a variant that raises is recorded and dropped: the ranks fail alike); steps
+    are timed round-robin over the engines, so a slow phase of a shared machine hits all alike;
+    then each engine's peak memory over ``steps`` steps, the others at rest."""
+    import time
+
+    from dslib.tune.memory import peak_memory
+
+    rows, live = [], []
     for variant, every in runs:
-        row: dict[str, Any] = {"variant": variant, "checkpoint_every": every, "error": ""}
+        rows.append({"variant": variant, "checkpoint_every": every, "error": ""})
         try:
-            row.update(_measure(ds_config, variant, every, model, model_overrides, micro_batch, steps,
-                                timed_steps, seed))
+            run = _Run(ds_config, variant, every, model, model_overrides, micro_batch, seed)
+            configure_checkpointing(variant, run.config)
+            run.step()  # warm-up: optimizer states exist from here on
+            live.append((rows[-1], run, []))
         except Exception as error:  # noqa: BLE001  (a variant that fails is a result: say why)
-            row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            rows[-1]["error"] = _error_text(error)
+    for _ in range(timed_steps):
+        for _, run, times in live:
+            configure_checkpointing(run.variant, run.config)
+            start = time.perf_counter()
+            run.step()
+            times.append(time.perf_counter() - start)
+    for row, run, times in live:
+        configure_checkpointing(run.variant, run.config)
+        with peak_memory(run.engine.device) as peak:
+            for _ in range(steps):
+                row["loss"] = run.step()
+            row["peak_MB"] = peak() / MB
+        row["step_s"] = min(times)
+    for row in rows:
         peaks = [None] * dist.get_world_size()
-        dist.all_gather_object(peaks, row.get("peak_MB"))  # also re-aligns the ranks after a failure
+        dist.all_gather_object(peaks, row.get("peak_MB"))
         row["peak_MB_per_rank"] = peaks
         if not row["error"]:
             row["peak_MB"] = sum(peaks) / len(peaks)  # the mean: RSS peaks of one rank vary by ~2 MB
-        rows.append(row)
+    for _, run, _ in live:
+        run.engine.destroy()
     return rows
 
 
@@ -234,7 +260,8 @@ def _gradient_differences(ds_config: dict[str, Any], variant: str, every: int, m
     plain = TransformerXL(load_config(model, **model_overrides)).to(device())
     global_batch = torch.cat(batches)  # mean loss over it = DeepSpeed's mean of the ranks' losses
     plain(global_batch, targets=global_batch).loss.backward()
-    engine = build_engine(ds_config, variant, model, model_overrides, every, seed)
+    engine, config = build_engine(ds_config, variant, model, model_overrides, every, seed)
+    configure_checkpointing(variant, config)
     engine.backward(engine(idx, targets=idx).loss)
     diffs = {}
     for (name, p), (_, q) in zip(plain.named_parameters(), engine.module.named_parameters()):
