@@ -96,3 +96,44 @@ def test_rank_for_one_sixteenth_follows_the_shapes():
     shapes = [(512, 64), (64, 64), (256, 64), (64, 256), (64,)]
     r = rank_for_ratio(shapes, 16.0)
     assert step_bytes(shapes, None) / step_bytes(shapes, r) >= 16 > step_bytes(shapes, None) / step_bytes(shapes, r + 1)
+
+
+def test_deepspeed_checkpoint_wraps_the_chosen_blocks_and_keeps_gradients(monkeypatch):
+    import deepspeed
+
+    calls = []
+    real = deepspeed.checkpointing.checkpoint
+    monkeypatch.setattr(deepspeed.checkpointing, "checkpoint", lambda fn, *args: calls.append(1) or real(fn, *args))
+    torch.manual_seed(0)
+    model = TransformerXL(load_config("tiny", num_layers=4))
+    idx = torch.randint(0, 512, (2, 32))
+    first = model(idx)
+    plain_out, plain = _grads(model, idx, first.mems)
+    assert apply_checkpointing(model, every=2, impl="deepspeed") == [0, 2]
+    ckpt_out, ckpt = _grads(model, idx, first.mems)
+    assert len(calls) == 2 and torch.equal(plain_out.loss, ckpt_out.loss)
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_activation_checkpointing_section_is_validated_before_launch():
+    import pytest
+    from pydantic import ValidationError
+
+    from dslib.parallel.ds_config import load_ds_config
+
+    with pytest.raises(ValidationError, match="contiguous_memory_optimization needs partition_activations"):
+        load_ds_config("zero2", {"activation_checkpointing": {"contiguous_memory_optimization": True}})
+    with pytest.raises(ValidationError, match="activation_checkpointing.partition_activation"):
+        load_ds_config("zero2", {"activation_checkpointing": {"partition_activation": True}})  # typo
+
+
+def test_deepspeed_checkpointing_under_zero2_on_two_ranks_gives_the_plain_gradients():
+    from dslib.tune.ds_checkpointing import gradient_check
+
+    # ds_partition: the 2 ranks act as one model-parallel group, each keeping half of every checkpoint
+    diffs = gradient_check(["deepspeed", "ds_partition"], every=2, model_overrides={"num_layers": 4})
+    n_params = len(list(TransformerXL(load_config("tiny", num_layers=4)).named_parameters()))
+    for variant, per_param in diffs.items():
+        assert len(per_param) == n_params
+        assert max(per_param.values()) < 1e-5, (variant, max(per_param.items(), key=lambda kv: kv[1]))

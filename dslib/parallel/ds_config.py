@@ -61,6 +61,27 @@ class ZeroSection(BaseModel):
         return self
 
 
+class ActivationCheckpointing(BaseModel):
+    """The ``activation_checkpointing`` section. DeepSpeed reads it only when the ranks call
+    ``deepspeed.checkpointing.configure(mpu, deepspeed_config=...)`` (``deepspeed.initialize`` does
+    not), and checks it there with asserts; here an unknown key or a missing partner fails first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    partition_activations: bool = False        # split each saved checkpoint across the model-parallel group
+    cpu_checkpointing: bool = False            # keep the (partitioned) checkpoints in host memory
+    contiguous_memory_optimization: bool = False  # copy checkpoints into one preallocated buffer
+    number_checkpoints: int | None = Field(None, gt=0)  # that buffer's slots: checkpointed calls per step
+    synchronize_checkpoint_boundary: bool = False
+    profile: bool = False
+
+    @model_validator(mode="after")
+    def _contiguous_needs_partition(self) -> "ActivationCheckpointing":
+        if self.contiguous_memory_optimization and not (self.partition_activations and self.number_checkpoints):
+            raise ValueError("contiguous_memory_optimization needs partition_activations and number_checkpoints")
+        return self
+
+
 class DeepSpeedConfig(BaseModel):
     """The checked part of a DeepSpeed config; anything else is kept for DeepSpeed."""
 
@@ -69,6 +90,7 @@ class DeepSpeedConfig(BaseModel):
     train_micro_batch_size_per_gpu: int = Field(gt=0)
     gradient_accumulation_steps: int = Field(1, gt=0)
     zero_optimization: ZeroSection = ZeroSection()
+    activation_checkpointing: ActivationCheckpointing | None = None
 
     @property
     def stage(self) -> int:

@@ -6,7 +6,8 @@ and recomputes its activations during backward; the two names differ only in whi
 layers are checkpointed. Here ``apply_checkpointing(model, every=k)`` wraps the forward
 of every k-th block (blocks 0, k, 2k, ...) in ``torch.utils.checkpoint.checkpoint``
 (non-reentrant), without touching the model's code: k=1 checkpoints every layer, k=4
-("recompute every 4 layers") a quarter of them.
+("recompute every 4 layers") a quarter of them. ``impl="deepspeed"`` wraps the same blocks in
+``deepspeed.checkpointing.checkpoint`` instead (configured by the ranks; dslib.tune.ds_checkpointing).
 
 The modelled costs use the chapter 02 formulas (dslib.plan.memory.layer_activation_bytes
 and dslib.model.flops.flops_breakdown):
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from typing import Literal
 
 from torch import nn
 from torch.overrides import _get_current_function_mode_stack
@@ -51,16 +53,31 @@ def _checkpointed_forward(forward, *args, **kwargs):
     return checkpoint(forward, *args, use_reentrant=False, context_fn=_same_precision_modes, **kwargs)
 
 
-def apply_checkpointing(model: nn.Module, every: int | None) -> list[int]:
+def _deepspeed_checkpointed_forward(forward, x, mem, pos_emb):
+    import deepspeed  # deepspeed.checkpointing is an attribute of the package, not a module
+
+    # Only x, the block's input, is DeepSpeed's checkpoint argument: with partition_activations or
+    # cpu_checkpointing DeepSpeed replaces the storage of every tensor argument it saves, and
+    # pos_emb (read by every block) and mem (the caller's memory) are still read elsewhere.
+    return deepspeed.checkpointing.checkpoint(lambda x_: forward(x_, mem, pos_emb), x)
+
+
+_WRAPPERS = {"torch": _checkpointed_forward, "deepspeed": _deepspeed_checkpointed_forward}
+
+
+def apply_checkpointing(model: nn.Module, every: int | None,
+                        impl: Literal["torch", "deepspeed"] = "torch") -> list[int]:
     """Wrap the forward of every ``every``-th block of ``model.blocks``; returns their indices.
 
     Each wrapped block recomputes its forward in backward: gradients are unchanged. The
     instance attribute shadows the class's forward, so ``remove_checkpointing`` undoes it.
     """
+    if impl not in _WRAPPERS:
+        raise ValueError(f"impl must be one of {sorted(_WRAPPERS)}, got {impl!r}")
     layers = checkpointed_layers(len(model.blocks), every)
     for i in layers:
         block = model.blocks[i]
-        block.forward = functools.partial(_checkpointed_forward, type(block).forward.__get__(block))
+        block.forward = functools.partial(_WRAPPERS[impl], type(block).forward.__get__(block))
     return layers
 
 
@@ -68,6 +85,11 @@ def remove_checkpointing(model: nn.Module) -> None:
     """Back to the plain forward for every block."""
     for block in model.blocks:
         block.__dict__.pop("forward", None)
+
+
+def checkpoint_input_bytes(config: ModelConfig, micro_batch: int, element_bytes: int = 4) -> int:
+    """What a checkpointed layer keeps through the step: its input, e*s*b*h bytes."""
+    return element_bytes * config.seq_len * micro_batch * config.hidden_size
 
 
 def modelled_activation_bytes(config: ModelConfig, micro_batch: int, every: int | None,
@@ -80,7 +102,7 @@ def modelled_activation_bytes(config: ModelConfig, micro_batch: int, every: int 
                             heads=config.num_attention_heads, layers=config.num_layers,
                             element_bytes=element_bytes, dropout=config.dropout > 0)
     layer = layer_activation_bytes(shape)
-    layer_input = element_bytes * config.seq_len * micro_batch * config.hidden_size
+    layer_input = checkpoint_input_bytes(config, micro_batch, element_bytes)
     wrapped = set(checkpointed_layers(config.num_layers, every))
     stored, peak = 0.0, 0.0
     for i in range(config.num_layers):

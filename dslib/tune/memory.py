@@ -2,26 +2,31 @@
 
 Why a fresh process: the allocator keeps freed memory, so configurations measured one
 after another in one process would hide each other. Each configuration runs ``python -m
-dslib.tune.memory`` alone. After the imports it resets the kernel's peak-RSS mark
-(``echo 5 > /proc/self/clear_refs``, Linux >= 4.0), so import-time transients do not
-count; peak RSS (VmHWM) minus the RSS at that moment is the training memory of the
-steps (weights, gradients, AdamW states, activations, temporaries).
-glibc's mmap threshold is pinned at 64 KiB there, so every tensor larger than that is
-mapped on allocation and returned on free: RSS follows the live tensors, not the
-allocator's cache. That makes every large allocation a fresh mapping (slow), so step
-times are measured separately, in the calling process with the normal allocator.
+dslib.tune.memory`` alone, and its steps run inside ``peak_memory``. On a CPU that is
+``rss_follows_tensors``: glibc's mmap threshold is pinned at 64 KiB, so every tensor
+larger than that is mapped on allocation and returned on free (RSS follows the live
+tensors, not the allocator's cache), and the kernel's peak-RSS mark is reset
+(``echo 5 > /proc/self/clear_refs``, Linux >= 4.0), so imports and the warm-up do not
+count: peak RSS (VmHWM) minus the RSS at that moment is the training memory of the steps
+(weights, gradients, AdamW states, activations, temporaries). On a GPU it is the CUDA
+allocator's peak. Fresh mappings are slow, so step times are measured separately, in the
+calling process with the normal allocator. Where configurations must share a process
+(DeepSpeed engines on launched ranks), ``peak_memory`` wraps the measured steps only.
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
 import subprocess
 import sys
 import time
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
-from dslib.env import REPO_ROOT
+from dslib.env import REPO_ROOT, device
 
 MB = 1e6
 
@@ -41,6 +46,53 @@ def _reset_peak() -> int:
     return _status_bytes("VmRSS")
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+@contextmanager
+def rss_follows_tensors() -> Iterator[Callable[[], int]]:
+    """Inside: allocations over 64 KiB are mapped on allocation and returned on free, so RSS
+    follows the live tensors; yields a function giving the peak RSS above the RSS at entry.
+
+    Heap memory freed before entry is returned first (malloc_trim). On exit, large
+    allocations come from the heap again and stay there (fast), until the next entry.
+    """
+    libc = ctypes.CDLL(None)
+    gc.collect()
+    libc.malloc_trim(0)
+    libc.mallopt(M_MMAP_THRESHOLD, 64 << 10)
+    baseline = _reset_peak()
+    try:
+        yield lambda: _status_bytes("VmHWM") - baseline
+    finally:
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
+
+
+@contextmanager
+def peak_memory(device) -> Iterator[Callable[[], int]]:
+    """Peak tensor memory above the memory at entry: the CUDA allocator's statistics on a GPU,
+    ``rss_follows_tensors`` on a CPU."""
+    import torch
+
+    if device.type != "cuda":
+        with rss_follows_tensors() as peak:
+            yield peak
+        return
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    baseline = torch.cuda.memory_allocated(device)
+    yield lambda: torch.cuda.max_memory_allocated(device) - baseline
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (a no-op on a CPU), so that a timer sees it."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def measure_in_this_process(model: str, model_overrides: dict[str, Any], checkpoint_every: int | None,
                             share_group: int | None, batch_size: int, steps: int, seed: int) -> dict[str, Any]:
     """Build, tune and train ``steps`` steps (>= 2: the second is the first with AdamW states
@@ -51,13 +103,13 @@ def measure_in_this_process(model: str, model_overrides: dict[str, Any], checkpo
     # run it on a throw-away copy, free it, then start counting
     args = (model, model_overrides, checkpoint_every, share_group, batch_size, seed)
     _train_step(*_tuned_setup(*args))
-    gc.collect()
-    baseline = _reset_peak()
-    net, optimizer, idx = _tuned_setup(*args)
-    for _ in range(steps):
-        _train_step(net, optimizer, idx)
+    with peak_memory(device()) as peak:
+        net, optimizer, idx = _tuned_setup(*args)
+        for _ in range(steps):
+            _train_step(net, optimizer, idx)
+        peak_bytes = peak()
     return {"model": model, "checkpoint_every": checkpoint_every, "share_group": share_group,
-            "params": unique_parameter_count(net), "peak_MB": (_status_bytes("VmHWM") - baseline) / MB}
+            "params": unique_parameter_count(net), "peak_MB": peak_bytes / MB}
 
 
 def _tuned_setup(model: str, model_overrides: dict[str, Any], checkpoint_every: int | None,
@@ -74,7 +126,8 @@ def _tuned_setup(model: str, model_overrides: dict[str, Any], checkpoint_every: 
     if share_group:
         share_mlp(net, share_group)
     apply_checkpointing(net, checkpoint_every)
-    idx = torch.randint(0, config.vocab_size, (batch_size, config.seq_len))
+    net.to(device())
+    idx = torch.randint(0, config.vocab_size, (batch_size, config.seq_len)).to(device())
     return net, torch.optim.AdamW(net.parameters(), lr=1e-4), idx
 
 
@@ -96,6 +149,7 @@ def step_times(configs: list[dict[str, Any]], rounds: int = 3) -> list[float]:
         for i, setup in enumerate(setups):
             start = time.perf_counter()
             _train_step(*setup)
+            synchronize(device())
             best[i] = min(best[i], time.perf_counter() - start)
     return best
 
@@ -119,8 +173,8 @@ _measured: dict[str, dict[str, Any]] = {}
 
 
 def _measure_fresh(args: dict[str, Any], timeout: float) -> dict[str, Any]:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)
     proc = subprocess.run([sys.executable, "-m", "dslib.tune.memory", json.dumps(args)], env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -136,7 +190,8 @@ def checkpoint_sweep(everies: list[int | None], model: str = "tiny", model_overr
     from dslib.tune.checkpointing import modelled_activation_bytes, modelled_recompute_overhead
 
     config = load_config(model, **(model_overrides or {}))
-    rows = [measure(model, model_overrides, every, None, batch_size) for every in everies]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two fresh processes at a time: peaks are per process
+        rows = list(pool.map(lambda every: measure(model, model_overrides, every, None, batch_size), everies))
     configs = [dict(model=model, model_overrides=model_overrides or {}, checkpoint_every=every, share_group=None,
                     batch_size=batch_size, seed=0) for every in everies]
     for row, seconds in zip(rows, step_times(configs, timed_steps)):

@@ -15,7 +15,9 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from dslib.env import device
 from dslib.model import TransformerXL, load_config
+from dslib.tune.memory import synchronize
 
 
 class TimelineHook:
@@ -43,7 +45,7 @@ def timeline_hook(timeline: TimelineHook, bucket: dist.GradBucket) -> torch.futu
 
 def _batch(config, batch_size: int, step: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(1000 * dist.get_rank() + step)
-    return torch.randint(0, config.vocab_size, (batch_size, config.seq_len), generator=gen)
+    return torch.randint(0, config.vocab_size, (batch_size, config.seq_len), generator=gen).to(device())
 
 
 def overlap_timeline(bucket_caps_mb: list[float], steps: int = 5, model: str = "tiny",
@@ -54,7 +56,7 @@ def overlap_timeline(bucket_caps_mb: list[float], steps: int = 5, model: str = "
     results = {"buckets": [], "sync": None}
     for cap in bucket_caps_mb:
         torch.manual_seed(0)
-        ddp = DDP(TransformerXL(config), bucket_cap_mb=cap)
+        ddp = DDP(TransformerXL(config).to(device()), bucket_cap_mb=cap)
         hook = TimelineHook()
         ddp.register_comm_hook(hook, timeline_hook)
         step_s = []
@@ -65,13 +67,14 @@ def overlap_timeline(bucket_caps_mb: list[float], steps: int = 5, model: str = "
             loss = ddp(idx, targets=idx).loss
             hook.backward_start = time.perf_counter()
             loss.backward()
+            synchronize(idx.device)
             backward_s = time.perf_counter() - hook.backward_start
             step_s.append(time.perf_counter() - start)
             ddp.zero_grad(set_to_none=True)
         results["buckets"].append({"bucket_cap_mb": cap, "events": hook.events, "backward_s": backward_s,
                                    "step_s": min(step_s[1:] or step_s)})
     torch.manual_seed(0)
-    ddp = DDP(TransformerXL(config))
+    ddp = DDP(TransformerXL(config).to(device()))
     step_s = []
     for step in range(steps):
         idx = _batch(config, batch_size, step)
@@ -85,6 +88,7 @@ def overlap_timeline(bucket_caps_mb: list[float], steps: int = 5, model: str = "
         for g in grads:  # averaged back into the gradients, as DDP's buckets do
             g.copy_(flat[offset:offset + g.numel()].view_as(g) / dist.get_world_size())
             offset += g.numel()
+        synchronize(idx.device)
         step_s.append(time.perf_counter() - start)
         ddp.zero_grad(set_to_none=True)
     results["sync"] = {"step_s": min(step_s[1:] or step_s)}

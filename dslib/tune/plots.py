@@ -6,16 +6,21 @@ from typing import Any
 from dslib import viz
 
 
+def _modelled_curve(ax, rows: list[dict[str, Any]], plain: dict[str, Any]) -> None:
+    """The plain peak moved by the modelled activation bytes, at the modelled recompute overhead."""
+    rows = sorted(rows, key=lambda r: r["modelled_recompute"])
+    modelled = [plain["peak_MB"] - plain["modelled_activations_MB"] + r["modelled_activations_MB"] for r in rows]
+    ax.plot([r["modelled_recompute"] * 100 for r in rows], modelled, "x--", color="gray",
+            label="modelled (plan: activations, recompute FLOPs)")
+
+
 def checkpoint_tradeoff(rows: list[dict[str, Any]]):
     """Memory saved against time overhead per k, measured, with the modelled curve drawn in."""
     fig, axes = viz.new_figure(2)
     ax_mem, ax_time = axes[0]
     labels = [f"k={r['checkpoint_every']}" if r["checkpoint_every"] else "none" for r in rows]
     ax_mem.scatter([r["time_overhead"] * 100 for r in rows], [r["peak_MB"] for r in rows], label="measured")
-    plain = next(r for r in rows if r["checkpoint_every"] is None)
-    modelled = [plain["peak_MB"] - plain["modelled_activations_MB"] + r["modelled_activations_MB"] for r in rows]
-    ax_mem.plot([r["modelled_recompute"] * 100 for r in rows], modelled, "x--", color="gray",
-                label="modelled (plan: activations, recompute FLOPs)")
+    _modelled_curve(ax_mem, rows, next(r for r in rows if r["checkpoint_every"] is None))
     for r, label in zip(rows, labels):
         ax_mem.annotate(label, (r["time_overhead"] * 100, r["peak_MB"]), fontsize=8)
     ax_mem.set(xlabel="step time overhead vs none (%)", ylabel="peak training memory (MB)",
@@ -74,5 +79,37 @@ def overlap_timeline(result: dict[str, Any]):
     ax_step.bar(labels, [e["step_s"] * 1e3 for e in result["buckets"]] + [result["sync"]["step_s"] * 1e3])
     ax_step.set(ylabel="step time (ms, fastest)", title="Overlapped buckets vs one all-reduce after backward")
     ax_step.tick_params(axis="x", labelsize=7, rotation=20)
+    fig.tight_layout()
+    return fig
+
+
+def deepspeed_checkpointing(rows: list[dict[str, Any]]):
+    """ZeRO ranks: peak step memory vs time overhead per k for torch's and DeepSpeed's checkpoint
+    (left); every variant's peak memory and step time, failed variants marked (right)."""
+    fig, axes = viz.new_figure(2)
+    ax_k, ax_var = axes[0]
+    plain = rows[0]
+    for impl, marker in (("torch", "o-"), ("deepspeed", "s--")):
+        series = sorted((r for r in rows if r["variant"] == impl and not r["error"]),
+                        key=lambda r: r["checkpoint_every"])
+        if not series:
+            continue
+        ax_k.plot([r["time_overhead"] * 100 for r in series], [r["peak_MB"] for r in series], marker,
+                  label=f"{impl} checkpoint")
+        for r in series:
+            ax_k.annotate(f"k={r['checkpoint_every']}", (r["time_overhead"] * 100, r["peak_MB"]), fontsize=8)
+    ax_k.scatter([0], [plain["peak_MB"]], color="black", label="no checkpointing")
+    _modelled_curve(ax_k, [r for r in rows if r["variant"] in ("none", "deepspeed")], plain)
+    ax_k.set(xlabel="step time overhead vs none (%)", ylabel="peak step memory per rank (MB, mean of ranks)",
+             title=f"{plain['config']}, {plain['world_size']} ranks: torch vs DeepSpeed")
+    ax_k.legend(fontsize=8)
+    labels = [f"{r['variant']}\nk={r['checkpoint_every']}" for r in rows]
+    ax_var.bar(labels, [0 if r["error"] else r["peak_MB"] for r in rows], color="tab:green")
+    for i, r in enumerate(rows):
+        text = "fails" if r["error"] else f"{r['step_s'] * 1e3:.0f} ms"
+        ax_var.annotate(text, (i, 0 if r["error"] else r["peak_MB"]), ha="center", va="bottom", fontsize=7,
+                        color="red" if r["error"] else "black")
+    ax_var.set(ylabel="peak step memory per rank (MB)", title="Every variant (label: fastest step)")
+    ax_var.tick_params(axis="x", labelsize=6, rotation=60)
     fig.tight_layout()
     return fig

@@ -28,6 +28,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dslib.data.loader import StreamLoader
+from dslib.env import device
 from dslib.model import TransformerXL, load_config
 from dslib.tune.synthetic import markov_tokens
 
@@ -94,7 +95,7 @@ def gradient_shapes(model: torch.nn.Module) -> list[tuple[int, ...]]:
 def _train(config, rank: int | None, tokens, steps: int, start_iter: int, batch_size: int,
            lr: float, seed: int) -> dict[str, Any]:
     torch.manual_seed(seed)  # every rank and every run starts from the same weights
-    ddp = DDP(TransformerXL(config))
+    ddp = DDP(TransformerXL(config).to(device()))
     if rank is None:
         ddp.register_comm_hook(None, default_hooks.allreduce_hook)
     else:
@@ -108,7 +109,7 @@ def _train(config, rank: int | None, tokens, steps: int, start_iter: int, batch_
     start = time.perf_counter()
     with counting_all_reduce() as counter:
         for _ in range(steps):
-            idx, targets = loader.next_batch()
+            idx, targets = (t.to(device()) for t in loader.next_batch())
             loss = ddp(idx, targets=targets).loss
             optimizer.zero_grad(set_to_none=True)
             before = counter.bytes

@@ -63,7 +63,7 @@ def compare_sharing(group_size: int, model: str = "tiny", model_overrides: dict 
         net = TransformerXL(config)
         if group:
             share_mlp(net, group)
-        losses = Trainer(net, cfg, tokens, device="cpu").fit().losses
+        losses = Trainer(net, cfg, tokens).fit().losses  # dslib.env.device()
         peak = measure(model, model_overrides, None, group, batch_size, seed=seed)["peak_MB"]
         results[name] = {"params": unique_parameter_count(net), "losses": losses, "peak_MB": peak}
     return results
