@@ -94,19 +94,21 @@ def process_memory() -> dict[str, int]:
 
 
 def predicted_model_states(n_params: int, stage: int, world_size: int, offload_optimizer: str = "none",
-                           offload_param: str = "none", largest_layer_params: int = 0) -> dict[str, float]:
+                           offload_param: str = "none", largest_layer_params: int = 0,
+                           accounting: str = "before_step") -> dict[str, float]:
     """Chapter 02's model (dslib.plan.memory) for one rank of these runs: fp32 AdamW, no zero.Init.
 
-    Returns bytes in memory (accelerator + CPU-offloaded, the gathered working layer left out: it
-    is freed between backward and step, where the measurement is taken) and bytes on NVMe.
+    ``accounting="before_step"`` is the moment ``train_rank`` measures (between backward and step:
+    the gathered layer and the fp32 gradient copy are not there; stage 1 holds stage 2's gradient
+    partition); "peak" and "paper" give the other two readings of chapter 02 for comparison.
+    Returns bytes in memory (accelerator + CPU-offloaded) and bytes on NVMe.
     """
     from dslib.plan.memory import model_states
 
     states = model_states(n_params, optimizer="adamw", precision="fp32", zero_stage=stage,
                           gpus_per_node=world_size, offload_optimizer=offload_optimizer,
                           offload_param=offload_param, largest_layer_params=largest_layer_params,
-                          zero_init=False)
+                          zero_init=False, accounting=accounting)
     on_nvme = states.nvme_per_node / world_size
-    in_memory = sum(v for k, v in states.device.items() if k != "working_layer")
-    return {"in_memory": in_memory + sum(states.offloaded.values()) - on_nvme, "nvme": on_nvme,
+    return {"in_memory": states.device_total + sum(states.offloaded.values()) - on_nvme, "nvme": on_nvme,
             **{f"plan_{k}": v for k, v in {**states.device, **states.offloaded}.items()}}
