@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
+    # Nothing is owed any more: leave without interpreter finalization, where C++ objects an
+    # entry left alive (I/O or communication threads of torch/DeepSpeed extensions) would be
+    # destroyed in no set order; a joinable std::thread destroyed there aborts the process
+    # ("terminate called without an active exception") after its work succeeded.
+    os._exit(0)
 
 
 if __name__ == "__main__":
