@@ -167,13 +167,13 @@ def release_engine(engine) -> None:
         swappers[id(optimizer_swapper)] = optimizer_swapper
     engine.destroy()
     for swapper in swappers.values():
+        # nothing may be in flight when a handle's threads stop (the swapper counts what is;
+        # a handle's own wait() asserts that something is pending)
         for sync in ("synchronize_reads", "synchronize_writes"):
             if callable(getattr(swapper, sync, None)):
                 getattr(swapper, sync)()
         for attr in AIO_HANDLE_ATTRS:
-            handle = getattr(swapper, attr, None)
-            if handle is not None and not isinstance(handle, type):  # "aio_handle" may name the class
-                handle.wait()  # nothing may be in flight when the handle's threads stop
+            if not isinstance(getattr(swapper, attr, None), (type, type(None))):  # "aio_handle" may name the class
                 setattr(swapper, attr, None)
     gc.collect()  # the engine's reference cycles go now, not during finalization
 
