@@ -50,8 +50,11 @@ def _storage_bytes(tensors: Iterable[torch.Tensor], seen: set[int]) -> int:
 
 
 def _on_nvme(param: torch.nn.Parameter) -> bool:
-    location = getattr(param.ds_tensor, "final_location", None)
-    return location is not None and getattr(location, "value", location) == "nvme"
+    """Whether the partition's home is NVMe: the swapper takes every partition of at least
+    MIN_AIO_BYTES (1 MiB). While one is swapped in, it sits in the swapper's I/O buffer (and
+    its ``final_location`` is not always set), so the partition size decides, not its state."""
+    swapper = getattr(param, "nvme_swapper", None)
+    return swapper is not None and swapper.swappable_tensor(numel=param.partition_numel())
 
 
 def model_state_bytes(engine) -> dict[str, int]:
@@ -63,8 +66,9 @@ def model_state_bytes(engine) -> dict[str, int]:
     out = {"params": 0, "params_nvme": 0}
     for p in params:
         if hasattr(p, "ds_tensor"):  # stage 3: only the partition is this rank's
-            if _on_nvme(p):  # its ds_tensor is a placeholder while the partition is on disk
-                out["params_nvme"] += p.partition_numel() * p.ds_tensor.element_size()
+            if _on_nvme(p):  # on disk, or in an I/O buffer (its ds_tensor is a placeholder or a view)
+                # the swapper's element size: a swapped-out placeholder need not have the model's dtype
+                out["params_nvme"] += p.partition_numel() * p.nvme_swapper.swap_element_size
                 continue
             out["params"] += p.ds_tensor.numel() * p.ds_tensor.element_size()
             seen.add(p.ds_tensor.untyped_storage().data_ptr())  # a master copy sharing it counts once
