@@ -66,6 +66,30 @@ def test_zero_paper_bytes_per_param():
     assert paper["params"] + paper["grads"] + paper["master"] + paper["optimizer"] == 16
     s3 = memory.model_states(int(psi), zero_stage=3, gpus_per_node=n)
     assert s3.device_total == pytest.approx(20 * psi / n)
+    # the paper's own accounting reproduces its figure 1 (7.5B params, 64 devices): 120, 31.4, 16.6, 1.9 GB
+    figure1 = [row["paper"] / 1e9 for row in memory.accounting_rows(int(psi), gpus_per_node=n)]
+    assert figure1 == pytest.approx([120, 31.4, 16.6, 1.9], abs=0.05)
+
+
+@pytest.mark.parametrize("precision", ["mixed", "fp32"])
+@pytest.mark.parametrize("offload", ["none", "cpu"])
+def test_before_step_stage1_holds_what_stage2_holds(precision, offload):
+    """DeepSpeed reduces ZeRO-1's gradients into its partition before the step, like ZeRO-2; the
+    fp32 gradient copy appears only inside step() (persistent only as the offloaded CPU partition)."""
+    fields = dict(precision=precision, gpus_per_node=8, offload_optimizer=offload, accounting="before_step")
+    s1, s2 = (memory.model_states(10**9, zero_stage=s, **fields) for s in (1, 2))
+    assert (s1.device, s1.offloaded) == (s2.device, s2.offloaded)
+    assert ("grads_fp32" in s1.offloaded) == (offload == "cpu") and "grads_fp32" not in s1.device
+    peak = memory.model_states(10**9, zero_stage=1, **dict(fields, accounting="peak"))
+    full_grads = (2 if precision == "mixed" else 4) * 10**9
+    assert peak.device["grads"] == full_grads  # stage 1 at the end of backward: every gradient
+    s3 = memory.model_states(10**9, zero_stage=3, largest_layer_params=10**7, **fields)
+    assert "working_layer" not in s3.device  # released after backward
+
+
+def test_peak_bounds_the_other_accountings():
+    for row in memory.accounting_rows(10**9, gpus_per_node=8, largest_layer_params=10**7):
+        assert max(row["paper"], row["before_step"]) <= row["peak"]
 
 
 @pytest.mark.parametrize("offload", ["none", "cpu"])
@@ -88,10 +112,13 @@ def test_optimizer_and_precision_bytes():
     assert sum(memory.state_bytes_per_param("adamw", "mixed").values()) == 20
     # DeepSpeed's ZeRO-1/2 optimizer clones an fp32 master partition even of fp32 weights
     assert sum(memory.state_bytes_per_param("adamw", "fp32", zero_stage=2).values()) == 24
-    assert memory.state_bytes_per_param("adamw", "fp32", zero_stage=3)["master"] == 0
-    assert memory.state_bytes_per_param("adamw", "fp32", zero_stage=3, offload_optimizer=True)["master"] == 4
+    # and so does stage 3 (fp32_partitioned_groups_flat is its own storage, measured in chapter 05)
+    assert memory.state_bytes_per_param("adamw", "fp32", zero_stage=3)["master"] == 4
+    assert memory.state_bytes_per_param("adamw", "fp32", zero_stage=3, accounting="paper")["master"] == 0
     fp32_z3 = memory.model_states(8 * 10**6, precision="fp32", zero_stage=3, gpus_per_node=2)
-    assert fp32_z3.device_total == pytest.approx((4 + 4 + 4 + 8) * 4 * 10**6)
+    assert fp32_z3.device_total == pytest.approx((4 + 4 + 4 + 4 + 8) * 4 * 10**6)
+    held = memory.model_states(8 * 10**6, precision="fp32", zero_stage=3, gpus_per_node=2, accounting="before_step")
+    assert held.device_total == pytest.approx((4 + 4 + 4 + 8) * 4 * 10**6)  # no fp32 gradient copy yet
 
 
 def test_offload_moves_states_off_the_device():

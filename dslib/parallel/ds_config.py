@@ -58,6 +58,9 @@ class ZeroSection(BaseModel):
         if self.offload_optimizer and self.offload_optimizer.device != "none" and self.stage == 0:
             raise ValueError("offload_optimizer needs stage >= 1 (ZeRO-Offload moves the optimizer's "
                              "partition)")
+        if self.offload_optimizer and self.offload_optimizer.device == "nvme" and self.stage != 3:
+            # DeepSpeed's stage-1/2 optimizer offloads only to cpu: nvme would silently stay in memory
+            raise ValueError(f"offload_optimizer device 'nvme' needs stage 3 (ZeRO-Infinity), got stage {self.stage}")
         return self
 
 

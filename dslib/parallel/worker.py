@@ -7,6 +7,7 @@ return value to the result file; any exception exits non-zero with its traceback
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import os
 import pickle
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--result-file", type=Path, required=True)
     args = parser.parse_args(argv)
     _map_slurm_env()
+    # a rank killed by a signal (abort, segfault) still prints every thread's Python stack
+    faulthandler.enable()
 
     import torch
     import torch.distributed as dist
@@ -66,8 +69,18 @@ def main(argv: list[str] | None = None) -> None:
         tmp = args.result_file.with_suffix(".tmp")
         tmp.write_bytes(pickle.dumps(result))
         tmp.replace(args.result_file)
+    # Orderly end: the entry has released what it held (e.g. zero.release_engine), rank 0's
+    # result is on disk; the barrier keeps every rank's process group up until all got here,
+    # so none exits while a peer still talks to it; then the group goes, then the process.
+    dist.barrier()
     dist.destroy_process_group()
     sys.stdout.flush()
+    sys.stderr.flush()
+    # Nothing is owed any more: leave without interpreter finalization, where C++ objects an
+    # entry left alive (I/O or communication threads of torch/DeepSpeed extensions) would be
+    # destroyed in no set order; a joinable std::thread destroyed there aborts the process
+    # ("terminate called without an active exception") after its work succeeded.
+    os._exit(0)
 
 
 if __name__ == "__main__":

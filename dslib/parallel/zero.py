@@ -139,11 +139,43 @@ def train_rank(ds_config: dict, model: str, model_overrides: dict, shards: str, 
                 os.kill(os.getpid(), signal.SIGKILL)
     per_rank = [None] * world
     dist.all_gather_object(per_rank, (memory, process_memory(), folder_bytes(swap_dir)))
+    release_engine(engine)
     return ZeroResult(config=config_name, stage=cfg.stage, offload_optimizer=cfg.offload_device("optimizer"),
                       offload_param=cfg.offload_device("param"), world_size=world, n_params=n_params,
                       largest_layer_params=largest, losses=losses, step_times=step_times,
                       memory=[r[0] for r in per_rank], process=[r[1] for r in per_rank],
                       nvme_bytes=[r[2] for r in per_rank], first_step=first_step, ds_config=ds_config)
+
+
+AIO_HANDLE_ATTRS = ("aio_read_handle", "aio_write_handle", "aio_handle", "read_aio_handle", "write_aio_handle")
+
+
+def release_engine(engine) -> None:
+    """Tear a DeepSpeed engine down now, on this rank, instead of at interpreter exit.
+
+    NVMe offload owns async-I/O handles (DeepSpeed's C++ ``aio_handle``), each running I/O
+    threads; left to interpreter finalization they are destroyed in no set order with torch's
+    and gloo's C++ state. Here the engine drops its hooks (``engine.destroy()``), every swapper
+    waits for its in-flight reads and writes, and its handles are dropped (their destructors
+    stop and join the I/O threads) while the interpreter and the process group are still up.
+    """
+    import gc
+
+    swappers = {id(s): s for p in engine.module.parameters() if (s := getattr(p, "nvme_swapper", None)) is not None}
+    optimizer_swapper = getattr(engine.optimizer, "optimizer_swapper", None)
+    if optimizer_swapper is not None:
+        swappers[id(optimizer_swapper)] = optimizer_swapper
+    engine.destroy()
+    for swapper in swappers.values():
+        # nothing may be in flight when a handle's threads stop (the swapper counts what is;
+        # a handle's own wait() asserts that something is pending)
+        for sync in ("synchronize_reads", "synchronize_writes"):
+            if callable(getattr(swapper, sync, None)):
+                getattr(swapper, sync)()
+        for attr in AIO_HANDLE_ATTRS:
+            if not isinstance(getattr(swapper, attr, None), (type, type(None))):  # "aio_handle" may name the class
+                setattr(swapper, attr, None)
+    gc.collect()  # the engine's reference cycles go now, not during finalization
 
 
 def run_zero(config: str = "zero3", nprocs: int = 2, model: str = "tiny", steps: int = 8,

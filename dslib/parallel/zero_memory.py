@@ -50,8 +50,11 @@ def _storage_bytes(tensors: Iterable[torch.Tensor], seen: set[int]) -> int:
 
 
 def _on_nvme(param: torch.nn.Parameter) -> bool:
-    location = getattr(param.ds_tensor, "final_location", None)
-    return location is not None and getattr(location, "value", location) == "nvme"
+    """Whether the partition's home is NVMe: the swapper takes every partition of at least
+    MIN_AIO_BYTES (1 MiB). While one is swapped in, it sits in the swapper's I/O buffer (and
+    its ``final_location`` is not always set), so the partition size decides, not its state."""
+    swapper = getattr(param, "nvme_swapper", None)
+    return swapper is not None and swapper.swappable_tensor(numel=param.partition_numel())
 
 
 def model_state_bytes(engine) -> dict[str, int]:
@@ -63,8 +66,9 @@ def model_state_bytes(engine) -> dict[str, int]:
     out = {"params": 0, "params_nvme": 0}
     for p in params:
         if hasattr(p, "ds_tensor"):  # stage 3: only the partition is this rank's
-            if _on_nvme(p):  # its ds_tensor is a placeholder while the partition is on disk
-                out["params_nvme"] += p.partition_numel() * p.ds_tensor.element_size()
+            if _on_nvme(p):  # on disk, or in an I/O buffer (its ds_tensor is a placeholder or a view)
+                # the swapper's element size: a swapped-out placeholder need not have the model's dtype
+                out["params_nvme"] += p.partition_numel() * p.nvme_swapper.swap_element_size
                 continue
             out["params"] += p.ds_tensor.numel() * p.ds_tensor.element_size()
             seen.add(p.ds_tensor.untyped_storage().data_ptr())  # a master copy sharing it counts once
@@ -94,19 +98,21 @@ def process_memory() -> dict[str, int]:
 
 
 def predicted_model_states(n_params: int, stage: int, world_size: int, offload_optimizer: str = "none",
-                           offload_param: str = "none", largest_layer_params: int = 0) -> dict[str, float]:
+                           offload_param: str = "none", largest_layer_params: int = 0,
+                           accounting: str = "before_step") -> dict[str, float]:
     """Chapter 02's model (dslib.plan.memory) for one rank of these runs: fp32 AdamW, no zero.Init.
 
-    Returns bytes in memory (accelerator + CPU-offloaded, the gathered working layer left out: it
-    is freed between backward and step, where the measurement is taken) and bytes on NVMe.
+    ``accounting="before_step"`` is the moment ``train_rank`` measures (between backward and step:
+    the gathered layer and the fp32 gradient copy are not there; stage 1 holds stage 2's gradient
+    partition); "peak" and "paper" give the other two readings of chapter 02 for comparison.
+    Returns bytes in memory (accelerator + CPU-offloaded) and bytes on NVMe.
     """
     from dslib.plan.memory import model_states
 
     states = model_states(n_params, optimizer="adamw", precision="fp32", zero_stage=stage,
                           gpus_per_node=world_size, offload_optimizer=offload_optimizer,
                           offload_param=offload_param, largest_layer_params=largest_layer_params,
-                          zero_init=False)
+                          zero_init=False, accounting=accounting)
     on_nvme = states.nvme_per_node / world_size
-    in_memory = sum(v for k, v in states.device.items() if k != "working_layer")
-    return {"in_memory": in_memory + sum(states.offloaded.values()) - on_nvme, "nvme": on_nvme,
+    return {"in_memory": states.device_total + sum(states.offloaded.values()) - on_nvme, "nvme": on_nvme,
             **{f"plan_{k}": v for k, v in {**states.device, **states.offloaded}.items()}}

@@ -20,8 +20,10 @@ def label(result: ZeroResult) -> str:
 def summary_row(result: ZeroResult) -> dict[str, Any]:
     """One run, rank 0: measured model states (in memory, on NVMe), the model's prediction, RSS."""
     mem = result.memory[0]
-    predicted = predicted_model_states(result.n_params, result.stage, result.world_size, result.offload_optimizer,
-                                       result.offload_param, result.largest_layer_params)
+    layout = (result.n_params, result.stage, result.world_size, result.offload_optimizer, result.offload_param,
+              result.largest_layer_params)
+    predicted = predicted_model_states(*layout)  # the moment measured: between backward and step
+    other = {acc: predicted_model_states(*layout, accounting=acc) for acc in ("peak", "paper")}
     measured_total = result.model_state_bytes + mem["params_nvme"]
     predicted_total = predicted["in_memory"] + predicted["nvme"]
     return {
@@ -34,6 +36,7 @@ def summary_row(result: ZeroResult) -> dict[str, Any]:
         "predicted_nvme_MB": predicted["nvme"] / MB,
         "nvme_files_MB": result.nvme_bytes[0] / MB,
         "states_total_vs_model": measured_total / predicted_total,
+        **{f"states_total_vs_{acc}": measured_total / (o["in_memory"] + o["nvme"]) for acc, o in other.items()},
         "rss_MB": result.process[0]["rss"] / MB,
     }
 

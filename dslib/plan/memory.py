@@ -16,7 +16,26 @@ two agree to the byte where they overlap (tests/test_plan.py). Where they differ
   * DeepSpeed's stage-2 CPU estimate ignores the node count (16 B/param on every node);
     here offloaded states are split over nodes as in its stage-3 estimator;
   * the estimators know only fp16/bf16 + Adam; this model also takes fp32 / autocast (where
-    DeepSpeed's ZeRO-1/2 optimizer still keeps fp32 master and gradient copies), Lion and SGD.
+    DeepSpeed's ZeRO optimizers still keep an fp32 master partition and flatten an fp32
+    gradient copy for the step), Lion and SGD.
+
+Three accountings (``MemoryPlan.accounting``), because "the memory of ZeRO-1" depends on when
+one looks (deepspeed/runtime/zero/stage_1_and_2.py, stage3.py, DeepSpeed 0.19):
+  paper        the ZeRO paper's figure 1: 2 + 2 + K bytes/param, stage 1 keeps full gradients;
+               no fp32 gradient copy, no gathered layer.
+  peak         (default) what DeepSpeed's estimators sum: the paper's terms + the fp32 copy of the
+               gradient partition + (stage 3) the largest layer gathered whole. An upper bound
+               of the step: stage 1's full gradients live only at the end of backward, the fp32
+               gradient copy only inside ``step()``.
+  before_step  what DeepSpeed holds between ``backward()`` and ``step()`` (what chapter 05
+               measures). At the accumulation boundary ZeRO-1 reduces every gradient into this
+               rank's partition (``reduce_gradients`` -> ``grads_in_partition``) and frees the full
+               ones, exactly like ZeRO-2: stages 1 and 2 then hold the same bytes (they differ
+               only between micro-steps under gradient accumulation, and at the end of backward).
+               The fp32 gradient copy does not exist yet (``step()`` flattens the partition and
+               frees it after the update), except under optimizer offload, where gradients are
+               reduced straight into a persistent fp32 partition on the CPU. Stage 3 has released
+               its gathered layer.
 All sizes are bytes; "device" is the accelerator, or the CPU RAM of a rank in CPU-only runs.
 """
 from __future__ import annotations
@@ -29,6 +48,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Optimizer = Literal["adamw", "adam", "lion", "sgd", "sgd_momentum"]
 Precision = Literal["fp32", "amp", "mixed"]
 OffloadDevice = Literal["none", "cpu", "nvme"]
+Accounting = Literal["paper", "peak", "before_step"]
+ACCOUNTINGS: tuple[str, ...] = ("paper", "peak", "before_step")
 
 # fp32 state tensors each optimizer keeps per parameter (Adam/AdamW: m, v; Lion: m; SGD+momentum: buf)
 OPTIMIZER_STATE_TENSORS: dict[str, int] = {"adamw": 2, "adam": 2, "lion": 1, "sgd": 0, "sgd_momentum": 1}
@@ -53,6 +74,8 @@ class MemoryPlan(BaseModel):
     cpu_buffer_factor: float = Field(1.5, ge=1.0, description="DeepSpeed's additional_buffer_factor")
     stage3_grad_partition: bool = Field(True, description="count stage 3's 16-bit gradient "
                                         "partition; False reproduces DeepSpeed's estimator")
+    accounting: Accounting = Field("peak", description="paper | peak (DeepSpeed's estimators) | "
+                                   "before_step (held between backward and step); see the module doc")
 
     @model_validator(mode="after")
     def _offload_needs_zero(self) -> "MemoryPlan":
@@ -87,32 +110,47 @@ class ModelStateMemory:
 
 
 def state_bytes_per_param(optimizer: str, precision: str, zero_stage: int = 0,
-                          offload_optimizer: bool = False) -> dict[str, int]:
+                          offload_optimizer: bool = False, accounting: str = "peak") -> dict[str, int]:
     """Bytes per parameter of each model-state component before any partitioning.
 
     Mixed precision: 16-bit weights and gradients, fp32 master weights, and the fp32 copy of the
     gradient partition the optimizer steps on. fp32 and amp (autocast casts weights per forward:
-    a buffer) keep fp32 weights and gradients; DeepSpeed's ZeRO-1/2 optimizer still clones an fp32
-    master partition (``single_partition_of_fp32_groups``) and flattens an fp32 gradient partition
-    for the step; stage 3 steps on the fp32 weight partition itself unless it is offloaded.
+    a buffer) keep fp32 weights and gradients; DeepSpeed's ZeRO optimizers (stages 1-3) still
+    clone an fp32 master partition (``single_partition_of_fp32_groups``,
+    ``fp32_partitioned_groups_flat``: a separate storage in chapter 05's runs) and flatten an fp32
+    gradient copy for the step. ``accounting`` (see the module doc): "paper" drops DeepSpeed's
+    copies; "before_step" drops the fp32 gradient copy unless the optimizer is offloaded.
     """
     if optimizer not in OPTIMIZER_STATE_TENSORS:
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_STATE_TENSORS)}")
+    if accounting not in ACCOUNTINGS:
+        raise ValueError(f"unknown accounting {accounting!r}; known: {', '.join(ACCOUNTINGS)}")
     optimizer_bytes = 4 * OPTIMIZER_STATE_TENSORS[optimizer]
+    zero = zero_stage >= 1
+    # the fp32 gradient copy (of 16-bit gradients, or of ZeRO's partition): built inside step(),
+    # persistent only as ZeRO-Offload's CPU partition
+    copies = zero or precision == "mixed"
+    grads_fp32 = 4 if copies and (accounting == "peak" or (accounting == "before_step" and offload_optimizer)) else 0
     if precision == "mixed":
-        return {"params": 2, "grads": 2, "grads_fp32": 4, "master": 4, "optimizer": optimizer_bytes}
+        return {"params": 2, "grads": 2, "grads_fp32": grads_fp32, "master": 4, "optimizer": optimizer_bytes}
     if precision not in ("fp32", "amp"):
         raise ValueError(f"unknown precision {precision!r}; known: fp32, amp, mixed")
-    copies = zero_stage in (1, 2)
-    master = 4 if copies or (zero_stage == 3 and offload_optimizer) else 0
-    grads_fp32 = 4 if zero_stage >= 1 else 0
+    master = 4 if zero and accounting != "paper" else 0
     return {"params": 4, "grads": 4, "grads_fp32": grads_fp32, "master": master, "optimizer": optimizer_bytes}
 
 
-def _partitioned(component: str, stage: int) -> bool:
-    """ZeRO stage 1 shards optimizer states (with master + fp32 grads), 2 adds gradients, 3 weights."""
+def _partitioned(component: str, plan: MemoryPlan) -> bool:
+    """ZeRO stage 1 shards optimizer states (with master + fp32 grads), 2 adds gradients, 3 weights.
+
+    Before the step, stage 1 has reduced its gradients into its partition like stage 2.
+    """
     level = {"optimizer": 1, "master": 1, "grads_fp32": 1, "grads": 2, "params": 3}[component]
-    return stage >= level
+    return _grads_stage(plan) >= level if component == "grads" else plan.zero_stage >= level
+
+
+def _grads_stage(plan: MemoryPlan) -> int:
+    """The stage whose gradient layout applies: stage 1 holds stage 2's right before the step."""
+    return 2 if plan.zero_stage == 1 and plan.accounting == "before_step" else plan.zero_stage
 
 
 def _placement(component: str, plan: MemoryPlan) -> str:
@@ -132,23 +170,23 @@ def model_states(n_params: int, **plan_fields) -> ModelStateMemory:
     plan = MemoryPlan(n_params=n_params, **plan_fields)
     world = plan.world_size
     per_param = state_bytes_per_param(plan.optimizer, plan.precision, plan.zero_stage,
-                                      plan.offload_optimizer != "none")
+                                      plan.offload_optimizer != "none", plan.accounting)
     device: dict[str, float] = {}
     offloaded: dict[str, float] = {}
     nvme = 0.0
     for name, nbytes in per_param.items():
         if nbytes == 0 or (name == "grads" and plan.zero_stage == 3 and not plan.stage3_grad_partition):
             continue
-        total = nbytes * n_params / world if _partitioned(name, plan.zero_stage) else nbytes * n_params
+        total = nbytes * n_params / world if _partitioned(name, plan) else nbytes * n_params
         where = _placement(name, plan)
-        if name == "grads" and plan.zero_stage == 2 and plan.offload_optimizer != "none":
+        if name == "grads" and _grads_stage(plan) == 2 and plan.offload_optimizer != "none":
             continue  # stage 2 offload reduces gradients straight into the offloaded fp32 partition
         if where == "none":
             device[name] = total
         else:
             offloaded[name] = total
             nvme += total if where == "nvme" else 0.0
-    if plan.zero_stage == 3:
+    if plan.zero_stage == 3 and plan.accounting == "peak":
         # the layer being computed is gathered whole: its 16-bit (fp32: 32-bit) weights + gradients
         device["working_layer"] = (per_param["params"] + per_param["grads"]) * plan.largest_layer_params
     node_ranks = plan.gpus_per_node
@@ -292,3 +330,9 @@ def compare_with_deepspeed(n_params: int, largest_layer_params: int, gpus_per_no
                      "ours_cpu_per_node": ours.cpu_per_node, "ours_as_deepspeed_cpu": as_ds.cpu_per_node,
                      "deepspeed_cpu": ds_cpu})
     return rows
+
+
+def accounting_rows(n_params: int, **plan_fields) -> list[dict[str, Any]]:
+    """Per stage, one rank's device model-state bytes under each accounting (see the module doc)."""
+    return [{"stage": stage, **{acc: model_states(n_params, zero_stage=stage, accounting=acc, **plan_fields).device_total
+                                for acc in ACCOUNTINGS}} for stage in (0, 1, 2, 3)]
