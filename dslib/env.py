@@ -6,6 +6,7 @@ so CPU/gloo versus CUDA/nccl is chosen here and nowhere else.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,12 @@ def set_offline() -> None:
     # DeepSpeed's C++ ops JIT-compile on first use (30-210 s each): keep them in one
     # persistent folder so notebooks, tests and CI in one checkout compile them once.
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
+    # The build tools come from this interpreter's environment first: ninja rebuilds every
+    # cached op when its own command line changes, which a different ninja on PATH (system
+    # versus venv, activated or not) does.
+    bin_dir = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = os.pathsep.join(filter(None, [bin_dir, os.environ.get("PATH")]))
 
 
 def cache_dir() -> Path:
