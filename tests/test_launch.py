@@ -1,9 +1,11 @@
 """The launcher: real ranks on gloo; a failing or hanging rank gives a clear error in time."""
+import socket
 import subprocess
 import time
 
 import pytest
 
+from dslib.parallel import launch as launch_module
 from dslib.parallel.launch import LaunchError, launch
 
 
@@ -42,3 +44,15 @@ def test_bad_arguments_fail_before_any_process():
         launch("dslib.parallel.demo:all_reduce_sum", launcher="mpirun")
     with pytest.raises(LaunchError, match="failed on rank 0"):
         launch("dslib.parallel.demo", nprocs=1, timeout=60)  # no ':function' part
+
+
+def test_a_master_port_taken_in_between_is_retried_on_a_fresh_one(monkeypatch):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = iter([taken.getsockname()[1]])  # the first port handed out is already in use
+    fresh = launch_module.free_port
+    monkeypatch.setattr(launch_module, "free_port", lambda: next(ports, None) or fresh())
+    with taken:
+        result = launch("dslib.parallel.demo:all_reduce_sum", nprocs=2, kwargs={"size": 1}, timeout=120)
+    assert result["sum"] == [3.0]

@@ -23,6 +23,8 @@ from dslib.env import REPO_ROOT
 
 TAIL_LINES = 25
 LAUNCHERS = ("auto", "torchrun", "deepspeed", "srun")
+PORT_RETRIES = 2
+PORT_IN_USE = "EADDRINUSE"  # what torch's TCPStore says when the master port is taken
 
 
 class LaunchError(RuntimeError):
@@ -126,6 +128,18 @@ def launch(entry: str, nprocs: int = 2, kwargs: dict[str, Any] | None = None, ti
         raise ValueError(f"nprocs must be >= 1, got {nprocs}")
     if launcher == "auto":
         launcher = "srun" if in_slurm_allocation() else "torchrun"
+    for _ in range(PORT_RETRIES):
+        try:
+            return _launch_once(entry, nprocs, kwargs, timeout, launcher)
+        except LaunchError as error:
+            # free_port() releases the port it found before the launcher binds it: another
+            # launch (a second notebook, a test) can take it in between; a fresh port fixes that
+            if PORT_IN_USE not in str(error):
+                raise
+    return _launch_once(entry, nprocs, kwargs, timeout, launcher)
+
+
+def _launch_once(entry: str, nprocs: int, kwargs: dict[str, Any] | None, timeout: float, launcher: str) -> Any:
     with tempfile.TemporaryDirectory(prefix="dslib-launch-") as tmp:
         work = Path(tmp)
         (work / "args.pkl").write_bytes(pickle.dumps(kwargs or {}))
