@@ -29,6 +29,9 @@ def set_offline() -> None:
     # (ranks, kernels, a busy machine) spinning threads made a smoke notebook 18x slower.
     # It reaches the processes started from here (kernels, ranks); torch reads it at load.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # torch's profiler (chapters 07 and 09 read memory with it) prints two status lines per use
+    # at every kineto level below 6, flooding notebook and cookbook logs; set it lower to see them
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     # DeepSpeed's C++ ops JIT-compile on first use (30-210 s each): keep them in one
     # persistent folder so notebooks, tests and CI in one checkout compile them once.
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
