@@ -63,6 +63,16 @@ def device():
     return torch.device("cpu")
 
 
+def synchronize(where=None) -> None:
+    """Wait for the device's queued work (a no-op on a CPU), so that a timer sees it: CUDA
+    kernels run asynchronously. ``where``: a torch.device, default ``device()``."""
+    import torch
+
+    where = device() if where is None else where
+    if where.type == "cuda":
+        torch.cuda.synchronize(where)
+
+
 def dist_backend() -> str:
     """nccl on CUDA, gloo on CPU."""
     import torch

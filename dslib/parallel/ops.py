@@ -55,6 +55,19 @@ def skip_shm_comm() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+def initialize_engine(model, config: dict, model_parameters=None, **kwargs):
+    """``deepspeed.initialize`` on the process group the launcher already set up, without
+    compiling the unused shared-memory op; returns the engine. ``model_parameters`` defaults to
+    ``model.parameters()``; other keywords (e.g. ``lr_scheduler``) go to deepspeed.initialize."""
+    import deepspeed
+
+    skip_shm_comm()
+    engine, *_ = deepspeed.initialize(model=model, config=config, dist_init_required=False,
+                                      model_parameters=model.parameters() if model_parameters is None
+                                      else model_parameters, **kwargs)
+    return engine
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dslib.parallel.ops",
                                      description="Pre-build DeepSpeed's C++ ops into the op cache.")

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dslib.env import synchronize
 from dslib.model import ModelConfig, TransformerXL, load_config, sinusoidal_embedding
 from dslib.model.transformer_xl import Block
 from dslib.parallel.ds_config import load_ds_config
@@ -162,14 +163,12 @@ def micro_batch_stream(tokens: torch.Tensor, micro: int, micro_batches: int, seq
 def _record_instructions(engine, events: list) -> None:
     """Wrap each pipeline instruction of this engine to log (name, start, end) on a clock all
     processes of the machine share (CLOCK_MONOTONIC)."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)  # kernels are async
-
     def timed(name, run):
         def wrapper(self, **kwargs):
-            sync()
+            synchronize()  # kernels are async: the clock must see their work
             start = time.monotonic()
             run(self, **kwargs)
-            sync()
+            synchronize()
             events.append((name, start, time.monotonic()))
         return wrapper
 
@@ -204,17 +203,14 @@ def build_engine(config: ModelConfig, ds_config: dict, partition_method: str, se
     from deepspeed.pipe import PipelineModule
 
     from dslib.env import dist_backend
-    from dslib.parallel.ops import skip_shm_comm
+    from dslib.parallel.ops import initialize_engine
 
     deepspeed.init_distributed(dist_backend=dist_backend())  # adopts the launcher's process group
     module = PipelineModule(layers=pipe_layers(config, seed), num_stages=None if topology else stages,
                             topology=topology, loss_fn=lm_loss, partition_method=partition_method)
     if transform is not None:
         transform(module)
-    skip_shm_comm()
-    engine, *_ = deepspeed.initialize(model=module, config=ds_config, dist_init_required=False,
-                                      model_parameters=[p for p in module.parameters() if p.requires_grad])
-    return engine
+    return initialize_engine(module, ds_config, [p for p in module.parameters() if p.requires_grad])
 
 
 def _collect(run: dict, engine, losses: list[float], events: list) -> PipeRun:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dslib.env import device
+from dslib.env import device, synchronize
 from dslib.model import TransformerXL, load_config
 from dslib.parallel import tensor
 from dslib.parallel.grid import build_grid, validate_grid
@@ -99,19 +99,14 @@ def tp_equality(nprocs: int = 2, paths: tuple[str, ...] = ("explicit", "dtensor"
                        overrides=overrides), timeout=timeout)
 
 
-def synchronize(where: torch.device) -> None:
-    if where.type == "cuda":
-        torch.cuda.synchronize(where)
-
-
 def step_time(net: torch.nn.Module, batches: list, steps: int) -> float:
     """Mean seconds of one forward+backward after a warm-up step."""
     forward_backward(net, batches)
-    synchronize(device())
+    synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         forward_backward(net, batches)
-    synchronize(device())  # CUDA runs asynchronously: wait before reading the clock
+    synchronize()  # CUDA runs asynchronously: wait before reading the clock
     return (time.perf_counter() - start) / steps
 
 

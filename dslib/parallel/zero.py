@@ -85,12 +85,11 @@ def train_rank(ds_config: dict, model: str, model_overrides: dict, shards: str, 
                save_every: int = 0, resume: bool = False, kill_at_step: int = -1,
                kill_rank: int = 1, config_name: str = "") -> ZeroResult:
     """One rank of a ZeRO run (called by dslib.parallel.worker with torch.distributed up)."""
-    import deepspeed
     import torch.distributed as dist
 
     from dslib.data.shards import load_shards
     from dslib.model import TransformerXL, load_config
-    from dslib.parallel.ops import skip_shm_comm
+    from dslib.parallel.ops import initialize_engine
     from dslib.parallel.zero_memory import folder_bytes, model_state_bytes, process_memory
 
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -106,9 +105,7 @@ def train_rank(ds_config: dict, model: str, model_overrides: dict, shards: str, 
     net = TransformerXL(model_cfg).to(device())
     n_params = sum(p.numel() for p in net.parameters())
     largest = _largest_module_params(net)
-    skip_shm_comm()
-    engine, *_ = deepspeed.initialize(model=net, model_parameters=net.parameters(), config=ds_config,
-                                      dist_init_required=False)
+    engine = initialize_engine(net, ds_config)
     first_step = 0
     if resume:
         load_path, _ = engine.load_checkpoint(save_dir)

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dslib.data.loader import StreamLoader
-from dslib.env import device as default_device
+from dslib.env import device as default_device, synchronize
 from dslib.jobs.record import Run, write_json_atomic
 from dslib.train import checkpoint as ckpt
 from dslib.train import precision
@@ -185,7 +185,7 @@ class Trainer:
             checkpoint_now = cfg.out_dir is not None and (
                 self.step == cfg.steps or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0))
             if eval_now or checkpoint_now:  # timed apart: tokens/s counts training only
-                self._synchronize()
+                synchronize(self.device)
                 paused = time.perf_counter()
                 if eval_now and self.evaluate() is not None:  # an eval may come before the first log
                     bar.set_postfix(val=f"{self.evals[-1]['val_loss']:.3f}",
@@ -203,10 +203,6 @@ class Trainer:
                              resumed_from=resumed_from)
         self._record(result)
         return result
-
-    def _synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def _log(self, first: int, window_start: float, clock_zero: float) -> None:
         """Host syncs once per window: mean loss, last grad norm, mean model stats."""

@@ -68,13 +68,12 @@ def train_rank(model_config: dict[str, Any], train_config: dict[str, Any], shard
                ds_config: dict[str, Any], checkpoint_every: int | None = None
                ) -> tuple[TrainResult, dict[str, torch.Tensor]] | None:
     """One rank (called by dslib.parallel.worker with torch.distributed up)."""
-    import deepspeed
     import torch.distributed as dist
 
     from dslib.data.loader import StreamLoader
     from dslib.data.shards import load_shards
     from dslib.model import ModelConfig, TransformerXL
-    from dslib.parallel.ops import skip_shm_comm
+    from dslib.parallel.ops import initialize_engine
     from dslib.train import precision
     from dslib.tune.checkpointing import apply_checkpointing
 
@@ -83,11 +82,9 @@ def train_rank(model_config: dict[str, Any], train_config: dict[str, Any], shard
     seed_everything(cfg.seed)  # the same initial weights as the single-process run
     model = TransformerXL(ModelConfig(**model_config)).to(device())
     apply_checkpointing(model, checkpoint_every)
-    skip_shm_comm()
-    engine, *_ = deepspeed.initialize(
-        model=model, model_parameters=param_groups(model, cfg.weight_decay), config=ds_config,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg) / cfg.lr),
-        dist_init_required=False)
+    engine = initialize_engine(
+        model, ds_config, param_groups(model, cfg.weight_decay),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg) / cfg.lr))
     tokens = load_shards(shards).tokens("train")
     share = len(tokens) // world
     loader = StreamLoader(tokens[rank * share:(rank + 1) * share], cfg.batch_size // world, cfg.seq_len,

@@ -99,10 +99,8 @@ def build_engine(ds_config: dict[str, Any], variant: str, model: str, model_over
                  every: int | None, seed: int):
     """A DeepSpeed engine over the chapter 03 model, every k-th block checkpointed by the variant,
     and the variant's config (for ``configure_checkpointing``)."""
-    import deepspeed
-
     from dslib.model import TransformerXL, load_config
-    from dslib.parallel.ops import skip_shm_comm
+    from dslib.parallel.ops import initialize_engine
     from dslib.tune.checkpointing import apply_checkpointing
 
     v = VARIANTS[variant]
@@ -111,9 +109,7 @@ def build_engine(ds_config: dict[str, Any], variant: str, model: str, model_over
     layers = apply_checkpointing(net, every if v.impl != "none" else None,
                                  "deepspeed" if v.impl == "deepspeed" else "torch")
     config = variant_config(ds_config, variant, len(layers))
-    skip_shm_comm()
-    engine, *_ = deepspeed.initialize(model=net, model_parameters=net.parameters(), config=config,
-                                      dist_init_required=False)
+    engine = initialize_engine(net, config)
     return engine, config
 
 
@@ -146,7 +142,7 @@ class _Run:
 
     def step(self) -> float:
         """One training step (the caller runs ``configure_checkpointing`` first); returns the loss."""
-        from dslib.tune.memory import synchronize
+        from dslib.env import synchronize
 
         loss = self.engine(self.idx, targets=self.idx).loss
         self.engine.backward(loss)

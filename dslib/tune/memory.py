@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from dslib.env import REPO_ROOT, device
+from dslib.env import REPO_ROOT, device, synchronize
 
 MB = 1e6
 
@@ -85,14 +85,6 @@ def peak_memory(device) -> Iterator[Callable[[], int]]:
     yield lambda: torch.cuda.max_memory_allocated(device) - baseline
 
 
-def synchronize(device) -> None:
-    """Wait for the device's queued work (a no-op on a CPU), so that a timer sees it."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_in_this_process(model: str, model_overrides: dict[str, Any], checkpoint_every: int | None,
                             share_group: int | None, batch_size: int, steps: int, seed: int) -> dict[str, Any]:
     """Build, tune and train ``steps`` steps (>= 2: the second is the first with AdamW states
@@ -149,7 +141,7 @@ def step_times(configs: list[dict[str, Any]], rounds: int = 3) -> list[float]:
         for i, setup in enumerate(setups):
             start = time.perf_counter()
             _train_step(*setup)
-            synchronize(device())
+            synchronize()
             best[i] = min(best[i], time.perf_counter() - start)
     return best
 

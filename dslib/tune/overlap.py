@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dslib.env import device
 from dslib.model import TransformerXL, load_config
-from dslib.tune.memory import synchronize
+from dslib.env import synchronize
 
 
 class TimelineHook:
