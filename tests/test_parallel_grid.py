@@ -1,7 +1,6 @@
 """The 3D grid layout: rank <-> (dp, pp, tp), groups, and shapes refused before any process starts."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -52,11 +51,9 @@ def test_layout_matches_deepspeed_pipeline_topology():
 ])
 def test_invalid_shapes_are_refused_naming_the_field(world, dp, pp, tp, overrides, message):
     config = load_config("tiny", **overrides)
-    start = time.perf_counter()
     with pytest.raises(ValueError) as error:
         validate_grid(world, dp, pp, tp, config)
     assert message in str(error.value)
-    assert time.perf_counter() - start < 1
 
 
 def test_build_grid_on_4_ranks_creates_the_layout_groups():

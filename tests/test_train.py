@@ -147,6 +147,7 @@ def _cli_args(out: Path, steps: int, *extra: str) -> list[str]:
             "--eval-batches", "2", "--threads", "1", "--no-progress", *extra]
 
 
+@pytest.mark.timeout(600)
 def test_sigkill_then_resume_gives_the_same_losses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DSLIB_CACHE", str(tmp_path / "cache"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
@@ -155,10 +156,8 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path: Path, monkeypatch: 
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     proc = subprocess.Popen(cli + _cli_args(killed, steps), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not checkpoint_path(killed, 10).exists():
+    while not checkpoint_path(killed, 10).exists():  # a hang is caught by the test's timeout
         assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "no checkpoint within 60 s"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -207,7 +207,7 @@ def ops_needed(config: str, ds_overrides: dict | None = None) -> list[str]:
     if cfg.offload_device("optimizer") != "none" or cfg.offload_device("param") != "none":
         needed.append("cpu_adam")  # DeepSpeedCPUAdam steps on the offloaded fp32 partition
     if "nvme" in (cfg.offload_device("optimizer"), cfg.offload_device("param")):
-        needed.append("async_io")
+        needed += ["pin_memory", "async_io"]  # async_io links against pin_memory
     return needed
 
 

@@ -41,6 +41,14 @@ def summary_row(result: ZeroResult) -> dict[str, Any]:
     }
 
 
+def nvme_rows(results: list[ZeroResult]) -> list[dict[str, Any]]:
+    """Per NVMe-offload run and rank: the bytes of the partitions whose home is NVMe, and the
+    sizes of the swap files read from that rank's NVMe folder (they must be equal)."""
+    return [{"run": label(r), "rank": rank, "partitions_on_nvme_bytes": mem["params_nvme"],
+             "swap_file_bytes": r.nvme_bytes[rank]}
+            for r in results if r.offload_param == "nvme" for rank, mem in enumerate(r.memory)]
+
+
 def plot_memory(results: list[ZeroResult]):
     """Per run: measured model states by component (stacked), the model's prediction, and RSS."""
     fig, (ax_states, ax_rss) = _two_axes()
