@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dslib.jobs.budgets import budget_rows
 from dslib.jobs.record import METRICS_FILE, load_claims, read_record
 
 MAX_TABLE_ROWS = 25
@@ -71,6 +72,25 @@ def claims_ledger(records: dict[Path, dict[str, Any]]) -> str:
     return "## Claims ledger\n\n" + markdown_table(rows, max_rows=len(rows))
 
 
+def run_wall_times(records: dict[Path, dict[str, Any]]) -> tuple[dict[str, float], str]:
+    """(stem -> wall seconds, profile) of the runs that finished; the profile of the first."""
+    walls = {r.get("stem", d.name): r["run"]["wall_s"] for d, r in records.items() if "wall_s" in r.get("run", {})}
+    profiles = [r["run"]["profile"] for r in records.values() if "profile" in r.get("run", {})]
+    return walls, profiles[0] if profiles else ""
+
+
+def budgets_section(records: dict[Path, dict[str, Any]]) -> str:
+    """Each notebook's wall time against its profile's budget (reported, never asserted)."""
+    walls, profile = run_wall_times(records)
+    if not walls:
+        return ""
+    rows = budget_rows(walls, profile)
+    return (f"## Time budgets ({profile} profile)\n\nMeasured on this run's machine; a budget is reported, "
+            "not asserted.\n\n" + markdown_table([{**{k: "-" if v is None else v for k, v in r.items()},
+                                                   "over": "OVER" if r["over"] else ""} for r in rows],
+                                                  max_rows=len(rows)))
+
+
 def latest_records(root: Path, exclude: Path | None = None) -> dict[Path, dict[str, Any]]:
     """The newest successful run of each notebook anywhere under ``root`` (book, runs, jobs,
     lab), by start time (file time for lab runs, which have no runner section)."""
@@ -98,7 +118,7 @@ def build(run_dirs: list[Path], out_dir: Path, title: str = "The dslib cookbook"
                                "status": r.get("run", {}).get("status", "missing"),
                                "wall_s": r.get("run", {}).get("wall_s", "")}
                               for d, r in records.items()], max_rows=len(records))
-    body = "\n\n".join([f"# {title}\n", summary, claims_ledger(records),
+    body = "\n\n".join([f"# {title}\n", summary, budgets_section(records), claims_ledger(records),
                         *(chapter_section(d, r, out_dir) for d, r in records.items())])
     return _write(out_dir, body, title)
 

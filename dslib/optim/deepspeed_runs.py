@@ -64,15 +64,14 @@ def run_engine(model: nn.Module, config: dict[str, Any], batches: Iterable[Any],
                loss_fn: LossFn) -> dict[str, Any]:
     """deepspeed.initialize + train over batches. A refused config is returned as its error
     (so a notebook shows DeepSpeed's message instead of crashing), not raised."""
-    import deepspeed
+    from dslib.parallel.ops import initialize_engine
 
     ensure_process_group()
     try:
-        engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                                       config=config)
+        engine = initialize_engine(model, config)
     except (ValueError, RuntimeError, AssertionError, NotImplementedError) as error:
         return {"ok": False, "error": f"{type(error).__name__}: {error}", "losses": []}
-    inner = getattr(optimizer, "optimizer", optimizer)
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
     losses = []
     try:
         for batch in batches:
