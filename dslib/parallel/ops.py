@@ -18,8 +18,10 @@ libraries to DeepSpeed before an engine starts, so no rank compiles. Which op a 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib.util
+import inspect
 import os
 import platform
 import shutil
@@ -67,19 +69,22 @@ def _compiler_version() -> str:
         return f"{compiler}: not found"
 
 
+@functools.lru_cache(maxsize=None)
 def op_key(op: str) -> str:
-    """A digest of everything the op's binary depends on (sources, flags, toolchain, CPU, versions)."""
+    """A digest of everything the op's binary depends on: its sources and headers, the builder
+    code that chooses its flags, the CPU's flags (``-march=native``), the compiler, versions.
+    (Not ``builder.cxx_args()`` itself: it queries py-cpuinfo in subprocesses, seconds per call.)"""
     import deepspeed
     import torch
 
     builder = _builder(op)
     digest = hashlib.sha256()
     for part in (op, deepspeed.__version__, torch.__version__, str(torch.version.git_version),
-                 sys.implementation.cache_tag, platform.machine(), _compiler_version(), _cpu_flags(),
-                 *builder.cxx_args(), *builder.extra_ldflags()):
+                 sys.implementation.cache_tag, platform.machine(), _compiler_version(), _cpu_flags()):
         digest.update(str(part).encode() + b"\0")
     includes = [Path(builder.deepspeed_src_path(p)) for p in builder.include_paths()]
-    files = [Path(builder.deepspeed_src_path(p)) for p in builder.sources()]
+    files = [Path(inspect.getfile(cls)) for cls in type(builder).__mro__[:-1]]  # the flag-choosing code
+    files += [Path(builder.deepspeed_src_path(p)) for p in builder.sources()]
     files += sorted(f for folder in includes if folder.is_dir() for f in folder.rglob("*") if f.is_file())
     for path in files:
         digest.update(path.name.encode() + path.read_bytes())
