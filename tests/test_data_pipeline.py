@@ -34,6 +34,29 @@ def test_normalize_nfkc_controls_whitespace():
     assert clean.normalize("ＦＵＬＬ\u00a0width\x00 ﬁne\u200b  \t text\r\n\n\n\nend  ") == "FULL width fine text\n\nend"
 
 
+TERMINAL = ("\x1b[31mWarning:\x1b[0m the \u202eevil\u202c file \x1b]0;a title\x07was \x1b[1;32;40mgreen\x1b[m, "
+            "\x1b]8;;http://x.test\x1b\\a link\x1b]8;;\x1b\\ and \u2066isolated\u2069\x00 \x1b(Btext.")
+
+
+def test_normalize_removes_escape_sequences_and_bidi_controls():
+    """Whole ANSI/CSI and OSC sequences go before control characters, else ESC alone goes and
+    "[31m" stays; bidi overrides and isolates (which can reorder what a reader sees) go too."""
+    assert clean.normalize(TERMINAL) == "Warning: the evil file was green, a link and isolated text."
+    assert clean.normalize("\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069x") == "x"
+    assert clean.normalize("[31m is text, ESC alone: \x1b") == "[31m is text, ESC alone:"
+
+
+def test_the_funnel_counts_what_cleaning_removed(tmp_path):
+    result = pipeline.run_pipeline(corpus(VERSES + [TERMINAL, "\x1b[2J\u202e"]), steps(), tmp_path)
+    kept = "".join(result.kept["text"])
+    assert not any(c in kept for c in "\x1b\u202e\u202c\u2066\u2069") and "[31m" not in kept
+    edits = {e["edit"]: (e["docs"], e["count"]) for e in result.funnel.edits if e["step"] == "clean"}
+    assert edits == {"escape_sequences": (2, 9), "bidi_controls": (2, 5), "control_characters": (1, 1)}
+    assert json.loads((tmp_path / "funnel.json").read_text())["edits"] == result.funnel.edits
+    assert [d["reason"] for d in result.funnel.drops if d["step"] == "clean"] == ["empty"]
+    assert "text" in result.kept.column_names and not any(c.startswith("_") for c in result.kept.column_names)
+
+
 def test_planted_near_duplicate_dropped_with_reason(tmp_path):
     near = VERSES[1].replace("darkness", "the darkness")  # one word more: Jaccard well above 0.5
     result = pipeline.run_pipeline(corpus(VERSES + [near]), steps(), tmp_path)
