@@ -129,6 +129,46 @@ def test_bands_follow_threshold():
     assert dedup.candidate_probability(0.9, bands, rows) > 0.9 > 0.01 > dedup.candidate_probability(0.5, bands, rows)
 
 
+def pairs_sharing_a_band(sig: np.ndarray, bands: int, rows: int) -> set[tuple[int, int]]:
+    """Brute force: every (i, j), i < j, whose signatures agree on all rows of some band."""
+    n = len(sig)
+    return {(i, j) for i in range(n) for j in range(i + 1, n)
+            if any(np.array_equal(sig[i, b * rows:(b + 1) * rows], sig[j, b * rows:(b + 1) * rows])
+                   for b in range(bands))}
+
+
+def test_lsh_pairs_every_pair_that_shares_a_band():
+    """Not only each bucket's first member: 1 and 2 agree everywhere, 0 only on band 0."""
+    sig = np.array([[7, 7, 1, 2], [7, 7, 5, 5], [7, 7, 5, 5]], dtype=np.uint32)
+    assert dedup.lsh_pairs(sig, 2, 2).tolist() == [[0, 1], [0, 2], [1, 2]]
+    rng = np.random.default_rng(0)
+    sig = rng.integers(0, 3, size=(60, 8)).astype(np.uint32)  # few values: many shared bands
+    active = rng.random(60) < 0.9
+    got = {tuple(p) for p in dedup.lsh_pairs(sig, 4, 2, active).tolist()}
+    on = np.flatnonzero(active)
+    assert got == {(on[i], on[j]) for i, j in pairs_sharing_a_band(sig[on], 4, 2)}
+
+
+def test_lsh_pairs_bound_huge_buckets():
+    """In a bucket larger than bucket_window + 1, each member pairs with the next bucket_window."""
+    sig = np.zeros((10, 4), dtype=np.uint32)
+    got = dedup.lsh_pairs(sig, 2, 2, bucket_window=3).tolist()
+    assert got == [[i, j] for i in range(10) for j in range(i + 1, min(i + 4, 10))]
+    assert len(dedup.lsh_pairs(sig, 2, 2, bucket_window=9)) == 45
+
+
+def test_exact_jaccard_is_the_jaccard_of_the_shingle_sets():
+    rng = np.random.default_rng(1)
+    texts = [" ".join(rng.choice(["a", "b", "c", "d"], rng.integers(0, 40))) for _ in range(80)]
+    sh = dedup.shingle(texts, 2)
+    pairs = rng.integers(0, len(texts), size=(300, 2))
+    sets = [set(sh.of(d).tolist()) for d in range(len(texts))]
+    expected = [len(sets[i] & sets[j]) / len(sets[i] | sets[j]) if sets[i] | sets[j] else 0.0 for i, j in pairs]
+    assert dedup.exact_jaccard(sh, pairs).tolist() == expected
+    assert dedup.exact_jaccard(sh, pairs, chunk=7).tolist() == expected  # many chunks, some of one pair
+    assert dedup.exact_jaccard(sh, np.zeros((0, 2), np.int64)).shape == (0,)
+
+
 def test_union_find_joins_chains():
     assert dedup.union_find(6, np.array([[3, 4], [1, 3], [0, 5]])).tolist() == [0, 1, 2, 1, 1, 0]
 
