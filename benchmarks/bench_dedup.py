@@ -18,6 +18,7 @@ Jaccard reaches the threshold. Writes outputs/bench/dedup.json and dedup.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -36,10 +37,10 @@ def timed(fn, *args) -> tuple[np.ndarray, float, float]:
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def ours(texts: list[str], threshold: float, num_perm: int, k: int, bands: int,
-         rows: int) -> tuple[np.ndarray, np.ndarray]:
+def ours(texts: list[str], threshold: float, num_perm: int, k: int, bands: int, rows: int,
+         verify: str = "exact") -> tuple[np.ndarray, np.ndarray]:
     """Cluster root per document and the accepted pairs."""
-    result = dedup.near_duplicates(texts, threshold, num_perm, k, bands, rows)
+    result = dedup.near_duplicates(texts, threshold, num_perm, k, bands, rows, verify=verify)
     return result.root, result.pairs[result.accepted]
 
 
@@ -77,12 +78,14 @@ def scores(sh: dedup.Shingles, known: np.ndarray, root: np.ndarray, accepted: np
 
 
 def compare(texts: list[str], known: np.ndarray, threshold: float, num_perm: int, k: int,
-            with_reference: bool) -> dict:
+            with_reference: bool, verify: str) -> dict:
     """dslib (and datasketch when ``with_reference``) on ``texts``: times, recall, precision."""
     bands, rows = dedup.choose_bands(threshold, num_perm)
     sh, n = dedup.shingle(texts, k), len(texts)
     row = {"docs": n, "threshold": threshold, "bands": bands, "rows": rows}
-    runs = {"ours": ours, "datasketch": with_datasketch} if with_reference else {"ours": ours}
+    runs = {"ours": functools.partial(ours, verify=verify)}
+    if with_reference:
+        runs["datasketch"] = with_datasketch
     for name, fn in runs.items():
         (root, accepted), seconds, cpu = timed(fn, texts, threshold, num_perm, k, bands, rows)
         row.update({f"{name}_s": seconds, f"{name}_cpu_s": cpu, f"{name}_docs_per_s": n / seconds,
@@ -148,18 +151,19 @@ def main() -> None:
     parser.add_argument("--shingle-size", type=int, default=5)
     parser.add_argument("--pipeline-docs", type=int, default=100_000, help="0: skip")
     parser.add_argument("--semantic-docs", type=int, default=300, help="0: skip")
+    parser.add_argument("--verify", default="exact", choices=["exact", "estimated"], help="dslib's verification")
     args = parser.parse_args()
-    report = {"num_perm": args.num_perm, "shingle_size": args.shingle_size, "cpus": os.cpu_count(),
+    report = {"num_perm": args.num_perm, "shingle_size": args.shingle_size, "verify": args.verify, "cpus": os.cpu_count(),
               "load_average_1min": os.getloadavg()[0], "near_dedup": [], "translations": []}
     for n in args.sizes:
         texts, planted = nearcheck.perturbed_corpus(n)
         report["near_dedup"].append(compare(texts, planted, args.threshold, args.num_perm, args.shingle_size,
-                                            n <= args.datasketch_max))
+                                            n <= args.datasketch_max, args.verify))
         print(report["near_dedup"][-1], flush=True)
     if args.translation_threshold:
         texts, known = translation_pairs()
         report["translations"].append(compare(texts, known, args.translation_threshold, args.num_perm,
-                                              args.shingle_size, True))
+                                              args.shingle_size, True, args.verify))
         print(report["translations"][-1], flush=True)
     if args.pipeline_docs:
         report["pipeline"] = pipeline_run(args.pipeline_docs, "/tmp/bench-dedup-pipeline")
@@ -169,7 +173,8 @@ def main() -> None:
     out = outputs_dir() / "bench"
     out.mkdir(parents=True, exist_ok=True)
     (out / "dedup.json").write_text(json.dumps(report, indent=2))
-    setting = f"{args.num_perm} perms, bands x rows from dedup.choose_bands, word {args.shingle_size}-grams"
+    setting = (f"{args.num_perm} perms, bands x rows from dedup.choose_bands, word {args.shingle_size}-grams; "
+               f"dslib verifies candidates with the {args.verify} Jaccard, datasketch with its estimate")
     lines = table(f"# Near dedup: dslib numpy MinHash+LSH vs datasketch ({setting})\n\n"
                   "## Verses and their perturbed copies", report["near_dedup"])
     lines += table("## KJV and ASV, every verse (the same verse in both: a known pair)", report["translations"])

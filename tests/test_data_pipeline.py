@@ -157,6 +157,24 @@ def test_lsh_pairs_bound_huge_buckets():
     assert len(dedup.lsh_pairs(sig, 2, 2, bucket_window=9)) == 45
 
 
+def test_every_true_pair_sharing_a_band_is_found():
+    """The same verse in KJV and ASV: a pair over the threshold whose signatures agree on a
+    band ends in one cluster (the signatures' estimate, sd ~0.035 here, rejects some of them)."""
+    from dslib.data import nearcheck
+
+    verses = nearcheck.translation_corpus(1500, ("kjv", "asv"))
+    texts, known = list(verses.text), nearcheck.known_pairs(verses.verse.values)
+    result = dedup.near_duplicates(texts, 0.8)
+    sig = dedup.signatures(dedup.shingle(texts, 5), 128)
+    keys = dedup.band_keys(sig, result.bands, result.rows)
+    true = known[dedup.exact_jaccard(dedup.shingle(texts, 5), known) >= 0.8]
+    banded = true[(keys[true[:, 0]] == keys[true[:, 1]]).any(axis=1)]
+    assert len(banded) > 100
+    assert (result.root[banded[:, 0]] == result.root[banded[:, 1]]).all()
+    accepted = result.pairs[result.accepted]
+    assert (dedup.exact_jaccard(dedup.shingle(texts, 5), accepted) >= 0.8).all()  # and nothing below it
+
+
 def test_exact_jaccard_is_the_jaccard_of_the_shingle_sets():
     rng = np.random.default_rng(1)
     texts = [" ".join(rng.choice(["a", "b", "c", "d"], rng.integers(0, 40))) for _ in range(80)]

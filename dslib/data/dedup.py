@@ -10,8 +10,12 @@ Near dedup in four array passes, never comparing all pairs:
    when any band agrees, with probability ``1 - (1 - s^rows)^bands`` at Jaccard ``s``:
    every pair in a bucket (as datasketch's query finds them), up to ``BUCKET_WINDOW``
    neighbours per member in a larger bucket;
-4. candidates are verified (estimated Jaccard from the signatures, or the exact Jaccard of
-   the shingle sets) and joined by union-find; each cluster keeps its first document.
+4. candidates are verified and joined by union-find; each cluster keeps its first document.
+   By default with the exact Jaccard of the shingle sets (vectorised: one sort per chunk of
+   pairs), so every pair over the threshold that shares a band is found and none below it
+   is accepted; the signatures' estimate (``verify='estimated'``) costs about as much and
+   has a standard deviation of ~0.035 at Jaccard 0.8 with 128 permutations, so it rejects
+   some true pairs and accepts some false ones near the threshold.
 """
 from __future__ import annotations
 
@@ -273,10 +277,10 @@ class NearDupResult:
 
 
 def near_duplicates(texts: list[str], threshold: float = 0.7, num_perm: int = 128, shingle_size: int = 5,
-                    bands: int | None = None, rows: int | None = None, verify: str = "estimated",
+                    bands: int | None = None, rows: int | None = None, verify: str = "exact",
                     seed: int = 1) -> NearDupResult:
-    """MinHash + LSH near-duplicate clusters. ``verify``: 'estimated' (signature agreement),
-    'exact' (Jaccard of the shingle sets) or 'none' (every LSH candidate is a duplicate)."""
+    """MinHash + LSH near-duplicate clusters. ``verify``: 'exact' (Jaccard of the shingle
+    sets), 'estimated' (signature agreement) or 'none' (every LSH candidate is a duplicate)."""
     if bands is None or rows is None:
         bands, rows = choose_bands(threshold, num_perm)
     if bands * rows > num_perm:
