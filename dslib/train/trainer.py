@@ -9,7 +9,8 @@ The loop adds no host synchronisation per step: losses, gradient norms and stats
 the device and are read once every ``log_every`` steps (fp16 is the exception: its gradient
 scaler checks for inf each step). ``precision`` bf16/fp16 runs the forward under autocast.
 Same seed, same losses; a run resumed from a checkpoint continues exactly as if it had not
-stopped.
+stopped: weights, losses, evaluations and the logged history (a checkpoint taken inside a
+log window carries the window's first step and its partial stat sums), all but the timing.
 """
 from __future__ import annotations
 
@@ -90,6 +91,7 @@ class Trainer:
         self.grad_norms = torch.zeros(cfg.steps, device=self.device)
         self.evals: list[dict[str, float]] = []
         self.history: list[dict[str, float]] = []
+        self._window_first = 0  # first step of the current log window
         self._stat_sums: dict[str, torch.Tensor] = {}  # model stats summed over the log window
 
     # ---- checkpoint state -------------------------------------------------------------
@@ -98,7 +100,9 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(),
                 "loader": self.loader.state_dict(), "mems": self.mems,
                 "losses": self.losses[:self.step].cpu(), "grad_norms": self.grad_norms[:self.step].cpu(),
-                "evals": self.evals, "history": self.history, "config": self.cfg.model_dump(mode="json")}
+                "evals": self.evals, "history": self.history, "config": self.cfg.model_dump(mode="json"),
+                "log_window": {"first": self._window_first,
+                               "stat_sums": {k: v.cpu() for k, v in self._stat_sums.items()}}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
@@ -114,6 +118,8 @@ class Trainer:
         self.losses[:self.step] = state["losses"].to(self.device)
         self.grad_norms[:self.step] = state["grad_norms"].to(self.device)
         self.evals, self.history = list(state["evals"]), list(state["history"])
+        self._window_first = int(state["log_window"]["first"])
+        self._stat_sums = {k: v.to(self.device) for k, v in state["log_window"]["stat_sums"].items()}
         ckpt.set_rng_state(state["rng"])
 
     def save(self) -> Path:
@@ -169,18 +175,19 @@ class Trainer:
         resumed_from = self.resume() if resume else None
         if resumed_from is None:
             seed_everything(cfg.seed)
+            self._window_first, self._stat_sums = self.step, {}
         self.model.train()
-        start_step, tokens_per_step, self._stat_sums = self.step, cfg.batch_size * cfg.seq_len, {}
+        start_step, tokens_per_step = self.step, cfg.batch_size * cfg.seq_len
         bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.name, disable=not cfg.progress, leave=False)
         run_start = window_start = time.perf_counter()
-        window_first, paused_seconds = self.step, 0.0
+        timed_first, paused_seconds = self.step, 0.0  # the window's steps this process ran and timed
         while self.step < cfg.steps:
             self.train_step()
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                self._log(window_first, window_start, run_start + paused_seconds)
+                self._log(timed_first, window_start, run_start + paused_seconds)
                 bar.set_postfix(loss=f"{self.history[-1]['loss']:.3f}", lr=f"{self.history[-1]['lr']:.2e}")
-                window_start, window_first = time.perf_counter(), self.step
+                window_start, timed_first = time.perf_counter(), self.step
             eval_now = self.step == cfg.steps or (cfg.eval_every and self.step % cfg.eval_every == 0)
             checkpoint_now = cfg.out_dir is not None and (
                 self.step == cfg.steps or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0))
@@ -204,17 +211,18 @@ class Trainer:
         self._record(result)
         return result
 
-    def _log(self, first: int, window_start: float, clock_zero: float) -> None:
+    def _log(self, timed_first: int, window_start: float, clock_zero: float) -> None:
         """Host syncs once per window: mean loss, last grad norm, mean model stats."""
+        first, timed = self._window_first, self.step - timed_first
         loss, n = self.losses[first:self.step].mean().item(), self.step - first  # waits for the window
         now = time.perf_counter()
         entry = {"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, self.cfg),
-                 "tokens_per_s": n * self.cfg.batch_size * self.cfg.seq_len / max(now - window_start, 1e-9),
+                 "tokens_per_s": timed * self.cfg.batch_size * self.cfg.seq_len / max(now - window_start, 1e-9),
                  "elapsed_s": now - clock_zero}
         if self.cfg.grad_clip > 0:
             entry["grad_norm"] = self.grad_norms[self.step - 1].item()  # before clipping
         entry.update({name: float(total) / n for name, total in self._stat_sums.items()})
-        self._stat_sums = {}
+        self._window_first, self._stat_sums = self.step, {}
         self.history.append(entry)
 
     def _record(self, result: TrainResult) -> None:
