@@ -118,8 +118,10 @@ class Trainer:
         self.losses[:self.step] = state["losses"].to(self.device)
         self.grad_norms[:self.step] = state["grad_norms"].to(self.device)
         self.evals, self.history = list(state["evals"]), list(state["history"])
-        self._window_first = int(state["log_window"]["first"])
-        self._stat_sums = {k: v.to(self.device) for k, v in state["log_window"]["stat_sums"].items()}
+        # checkpoints from before the window was saved restart it here, as they used to
+        window = state.get("log_window", {"first": self.step, "stat_sums": {}})
+        self._window_first = int(window["first"])
+        self._stat_sums = {k: v.to(self.device) for k, v in window["stat_sums"].items()}
         ckpt.set_rng_state(state["rng"])
 
     def save(self) -> Path:
