@@ -140,3 +140,28 @@ def test_zero_stages_1_and_3_train_alike_and_return_the_full_weights(tiny_run):
     model.load_state_dict(weights3)  # every tensor, full shape
     for name, tensor in weights1.items():
         torch.testing.assert_close(weights3[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_another_config_file_changes_the_run(tmp_path):
+    """Notebook 11 passes only the parameters a run sets: `-p config other` takes other.yaml's
+    values, where passing every notebook default would have overridden them all."""
+    import yaml
+
+    from dslib import end_to_end
+    from dslib.end_to_end_config import CONFIG_DIR
+    from dslib.jobs import changed_parameters
+    from dslib.jobs.params import NOTEBOOKS_DIR, declared_parameters
+
+    other = yaml.safe_load((CONFIG_DIR / "end_to_end.yaml").read_text())
+    other["seed"], other["train"]["steps"] = 7, 123
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(other))
+    namespace = {**declared_parameters(NOTEBOOKS_DIR / "11_end_to_end.ipynb"), "config": str(path)}
+
+    def overrides(names: dict) -> dict:
+        return {k: v for k, v in changed_parameters("11_end_to_end", names).items() if k in end_to_end.parameter_names()}
+
+    assert overrides(namespace) == {}
+    cfg = end_to_end.load_config(path, **overrides(namespace))
+    assert (cfg.seed, cfg.train.steps) == (7, 123)
+    assert overrides({**namespace, "steps": 9}) == {"steps": 9}  # a hand edit still overrides the file

@@ -14,6 +14,7 @@ every form ``float()`` accepts (``inf``, ``nan``, ``1_000.0``). Ints stay strict
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ import yaml
 from dslib.env import REPO_ROOT
 
 PROFILES_DIR = REPO_ROOT / "configs" / "profiles"
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+GIVEN_VAR = "DSLIB_GIVEN_PARAMETERS"  # names the runner injected (profile, -f file, -p), for the kernel
 DEFAULT_PROFILE = "cpu"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -138,3 +141,15 @@ def resolve(notebook: str | Path, profile: str = DEFAULT_PROFILE, params_file: s
                                      f"its parameters are: {', '.join(defaults)}")
             resolved[name] = convert(name, raw, defaults[name])
     return resolved
+
+
+def changed_parameters(notebook: str | Path, namespace: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of ``notebook`` (a stem in notebooks/, or a path) that this run sets: those the runner injected (from
+    the profile, a -f file or -p, even when equal to the default) and those whose value differs
+    from the notebook's declared default (edited by hand in JupyterLab). A notebook whose own
+    defaults mirror a config file passes only these, so that the file decides the rest."""
+    path = Path(notebook) if str(notebook).endswith(".ipynb") else NOTEBOOKS_DIR / f"{notebook}.ipynb"
+    defaults = declared_parameters(path)
+    given = set(filter(None, os.environ.get(GIVEN_VAR, "").split(",")))
+    return {name: namespace[name] for name, default in defaults.items()
+            if name in namespace and (name in given or namespace[name] != default)}

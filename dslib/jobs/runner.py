@@ -78,10 +78,12 @@ def provenance() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _kernel_env(run_dir: Path) -> Iterator[None]:
-    """The kernel inherits this process's environment: point it at the run dir and this repo."""
-    saved = {k: os.environ.get(k) for k in (RUN_DIR_VAR, "PYTHONPATH", "MPLBACKEND")}
+def _kernel_env(run_dir: Path, given: list[str]) -> Iterator[None]:
+    """The kernel inherits this process's environment: point it at the run dir and this repo,
+    and name the parameters this run injects (``params.changed_parameters`` reads them)."""
+    saved = {k: os.environ.get(k) for k in (RUN_DIR_VAR, "PYTHONPATH", "MPLBACKEND", P.GIVEN_VAR)}
     os.environ[RUN_DIR_VAR] = str(run_dir.resolve())
+    os.environ[P.GIVEN_VAR] = ",".join(given)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), saved["PYTHONPATH"]]))
     os.environ.pop("MPLBACKEND", None)  # Agg would stop figures from embedding in the notebook
     try:
@@ -137,7 +139,7 @@ def run_notebook(notebook: str | Path, profile: str = P.DEFAULT_PROFILE,
                               **provenance()})
     start, error = time.perf_counter(), ""
     try:
-        with _kernel_env(run_dir), _log_to(run_dir / "run.log"):
+        with _kernel_env(run_dir, list(parameters)), _log_to(run_dir / "run.log"):
             pm.execute_notebook(str(notebook), str(executed), parameters=parameters, progress_bar=False,
                                 log_output=True, cwd=str(notebook.parent.resolve()),
                                 start_timeout=start_timeout)
