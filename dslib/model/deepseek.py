@@ -107,16 +107,16 @@ class DeepSeekModel(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
             depths = mtp_forward(self.mtp, hidden, targets, self.embed, self.head)
-        aux_loss = torch.stack(aux + [d.aux_loss for d in depths]).sum()
+        aux_loss = torch.stack(aux + [d.aux_loss for d in depths]).sum()  # balance losses, weighted
         stats = self._moe_stats(loads, [d.load for d in depths])
+        if self.config.ffn == "moe":
+            stats["moe_aux_loss"] = aux_loss.detach()
         if depths:
             mtp_losses = [F.cross_entropy(d.logits.flatten(0, 1), d.targets.flatten()) for d in depths]
             mtp_loss = torch.stack(mtp_losses).mean()
             aux_loss = aux_loss + self.config.mtp.loss_weight * mtp_loss
             stats["mtp_loss"] = mtp_loss.detach()
             stats.update({f"mtp_loss_depth{k}": l.detach() for k, l in enumerate(mtp_losses, start=1)})
-        if any(load is not None for load in loads):
-            stats["moe_aux_loss"] = torch.stack(aux).sum().detach()
         return ModelOutput(logits, loss, [], aux_loss, stats)
 
     def _moe_stats(self, loads: list, mtp_loads: list) -> dict[str, torch.Tensor]:
