@@ -65,7 +65,8 @@ def test_stats_are_detached_scalars_and_mems_empty():
     assert all(v.dim() == 0 and not v.requires_grad for v in out.stats.values())
     shares = [out.stats[f"moe_load_layer1_e{e}"] for e in range(8)]
     assert float(sum(shares)) == pytest.approx(1.0)
-    assert {"moe_maxvio", "moe_maxvio_layer1", "moe_maxvio_mtp1", "moe_dropped_at_capacity", "mtp_loss"} <= set(out.stats)
+    expected = {"moe_maxvio", "moe_maxvio_layer1", "moe_maxvio_mtp1", "moe_dropped_at_capacity", "mtp_loss"}
+    assert expected <= set(out.stats)
     assert "moe_maxvio_layer0" not in out.stats  # the first layer is dense
 
 
@@ -154,12 +155,14 @@ def test_mha_flops_are_the_gpt_formula():
 
 
 @pytest.mark.parametrize("name", ["deepseek_tiny", "deepseek_small"])
-def test_dense_baseline_has_the_same_activated_parameters(name):
+@pytest.mark.parametrize("multiple_of", [1, 64])
+def test_dense_baseline_has_the_same_activated_parameters(name, multiple_of):
     config = load_deepseek_config(name)
-    dense = dense_equivalent(config)
+    dense = dense_equivalent(config, multiple_of)
     assert (dense.attention.kind, dense.ffn, dense.mtp.depth) == ("mha", "dense", 0)
+    assert dense.intermediate_size % multiple_of == 0
     gap = count_deepseek_parameters(dense)["activated"] - count_deepseek_parameters(config)["activated"]
-    assert abs(gap) <= 3 * config.hidden_size * config.num_layers / 2
+    assert abs(gap) <= 3 * config.hidden_size * config.num_layers * multiple_of / 2
     model = DeepSeekModel(dense)
     assert sum(p.numel() for p in model.parameters()) == count_deepseek_parameters(dense)["total"]
     assert model(torch.randint(0, config.vocab_size, (1, 8))).stats == {}

@@ -32,7 +32,8 @@ def _reference(layer: DeepSeekMoE, x: torch.Tensor) -> torch.Tensor:
         gates = scores[chosen] / (scores[chosen].sum() if cfg.norm_topk_prob else 1.0)
         y = layer.shared(token) if layer.shared is not None else torch.zeros_like(token)
         for e, g in zip(chosen.tolist(), gates * cfg.routed_scaling_factor):
-            y = y + g * ((F.silu(token @ experts.gate[e]) * (token @ experts.up[e])) @ experts.down[e])
+            gate, up = (token @ experts.gate_up[e]).chunk(2)
+            y = y + g * ((F.silu(gate) * up) @ experts.down[e])
         out.append(y)
     return torch.stack(out)
 

@@ -100,10 +100,11 @@ def deepseek_flops_per_token(config: DeepSeekConfig, include_mtp: bool = True) -
     return flops
 
 
-def dense_equivalent(config: DeepSeekConfig) -> DeepSeekConfig:
+def dense_equivalent(config: DeepSeekConfig, multiple_of: int = 1) -> DeepSeekConfig:
     """The dense GPT baseline of the head-to-head: MHA with head_dim = hidden / heads, SwiGLU in
     every layer, no MTP, and intermediate_size chosen so its activated parameters equal the main
-    model's (to within 3 * hidden * layers, one unit of intermediate_size)."""
+    model's: to within 3 * hidden * layers * multiple_of / 2 (intermediate_size is rounded to a
+    multiple of `multiple_of`; CPU matmuls run slower on odd widths, so timings want e.g. 64)."""
     d, L = config.hidden_size, config.num_layers
     heads = config.attention.num_heads
     if d % heads:
@@ -113,7 +114,7 @@ def dense_equivalent(config: DeepSeekConfig) -> DeepSeekConfig:
                                      "intermediate_size": 1, "mtp": config.mtp.model_copy(update={"depth": 0}),
                                      "name": f"{config.name}_dense"})
     missing = count_deepseek_parameters(config)["activated"] - count_deepseek_parameters(base)["activated"]
-    intermediate = 1 + round(missing / (3 * d * L))
+    intermediate = multiple_of * round((1 + missing / (3 * d * L)) / multiple_of)
     if intermediate < 1:
         raise ValueError(f"{config.name}: MHA alone has more activated parameters than the model")
     return DeepSeekConfig(**base.model_copy(update={"intermediate_size": intermediate}).model_dump())
