@@ -227,7 +227,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     peaks = [matmul_peak()]
     moe = bench_moe(args.moe_tokens, args.rounds, args.per_round)
-    decode = bench_decode(args.contexts, 1, args.rounds, args.per_round)
+    decode = bench_decode(args.contexts, 1, args.rounds, 10 * args.per_round)  # short calls: more of them
     mfu_rows = bench_mfu(args.config, args.batch_size, args.rounds, args.per_round, peaks[0])
     peaks.append(matmul_peak())
     peak = max(peaks)

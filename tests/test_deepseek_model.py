@@ -248,3 +248,15 @@ def test_speculative_decode_needs_an_mtp_module():
     model = DeepSeekModel(load_deepseek_config("deepseek_tiny", mtp={"depth": 0}))
     with pytest.raises(ValueError, match="mtp.depth"):
         speculative_decode(model, torch.zeros(1, 3, dtype=torch.long), 4)
+
+
+@pytest.mark.parametrize("dispatch", ["grouped_mm", "loop"])
+def test_forward_backward_under_autocast(dispatch):
+    """Mixed precision (chapter 07) trains this model too: the experts' matmuls follow the dtype."""
+    model = DeepSeekModel(load_deepseek_config("deepseek_tiny", moe={"dispatch": dispatch}))
+    idx = torch.randint(0, 512, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(idx, targets=idx)
+    (out.loss + out.aux_loss).backward()
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    assert model.blocks[1].ffn.experts.gate_up.grad.abs().sum() > 0

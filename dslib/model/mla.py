@@ -139,15 +139,15 @@ class MultiHeadLatentAttention(nn.Module):
         B, H, T, _ = q_nope.shape
         r = self.config.kv_lora_rank
         w_uk, w_uv = self.kv_up.weight.view(H, self.nope + self.v_dim, r).split([self.nope, self.v_dim], 1)
-        q_latent = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # W_UK folded into the query
-        q = torch.cat([q_latent, q_rope], -1).flatten(1, 2)  # [B, H*T, r + rope]: heads become rows
-        scores = (q @ kv.transpose(1, 2)).view(B, H, T, -1) * self.scale  # [B, H, T, S]
+        q_latent = q_nope @ w_uk  # W_UK folded into the query: [B, H, T, nope] @ [H, nope, r]
+        q = torch.cat([q_latent, q_rope], -1).flatten(1, 2) * self.scale  # [B, H*T, r + rope]: heads as rows
+        scores = (q @ kv.transpose(1, 2)).view(B, H, T, -1)  # one matmul over the cache: [B, H, T, S]
         mask = visible_keys(T, kv.size(1), kv.device)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        probs = scores.softmax(-1, dtype=torch.float32).to(kv.dtype)
+        probs = scores.float().softmax(-1).to(kv.dtype)
         mixed = (probs.flatten(1, 2) @ kv[..., :r]).view(B, H, T, r)  # averaged latents
-        return torch.einsum("bhtr,hvr->bhtv", mixed, w_uv)  # W_UV applied once: [B, H, T, v_dim]
+        return mixed @ w_uv.transpose(1, 2)  # W_UV applied once: [B, H, T, r] @ [H, r, v_dim]
 
 
 class RotaryAttention(nn.Module):

@@ -123,17 +123,18 @@ class RoutedExperts(nn.Module):
         token = order // k  # the token of each sorted assignment
         xs = x.index_select(0, token)  # [N*k, d], expert by expert
         gates = weights.flatten()[order, None]  # [N*k, 1]
-        if self.dispatch == "grouped_mm":
+        # torch's grouped matmul runs any float dtype on CPU, bf16 only on CUDA (its docs)
+        if self.dispatch == "grouped_mm" and (xs.device.type == "cpu" or xs.dtype == torch.bfloat16):
             ys = self._grouped(xs, gates, counts)
         else:
             ys = self._loop(xs, gates, counts)
-        return torch.zeros_like(x).index_add_(0, token, ys)
+        return x.new_zeros(x.shape, dtype=ys.dtype).index_add_(0, token, ys)  # autocast: ys may be bf16
 
     @staticmethod
     def _activation(gate_up: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """silu(gate) * up, scaled by the combine weight here: the narrow side of the expert."""
         gate, up = gate_up.chunk(2, dim=-1)
-        return F.silu(gate) * up * gates
+        return F.silu(gate) * up * gates.to(up.dtype)
 
     def _grouped(self, xs: torch.Tensor, gates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         offsets = counts.cumsum(0).to(torch.int32)  # end of each expert's slice
@@ -142,8 +143,9 @@ class RoutedExperts(nn.Module):
 
     def _loop(self, xs: torch.Tensor, gates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         sizes = counts.tolist()  # one host sync for the slice sizes
-        outs = [self._activation(chunk @ self.gate_up[e], g) @ self.down[e]
-                for e, (chunk, g) in enumerate(zip(xs.split(sizes), gates.split(sizes)))]
+        # unbind, not gate_up[e]: its backward stacks once instead of E full-size zero gradients
+        outs = [self._activation(chunk @ w_gate_up, g) @ w_down for chunk, g, w_gate_up, w_down
+                in zip(xs.split(sizes), gates.split(sizes), self.gate_up.unbind(0), self.down.unbind(0))]
         return torch.cat(outs)
 
 
