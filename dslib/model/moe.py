@@ -1,6 +1,6 @@
 """DeepSeekMoE feed-forward (arXiv 2401.06066; DeepSeek-V3, arXiv 2412.19437, section 2.1.2).
 
-  y = x + sum_shared FFN_s(x) + routed_scaling_factor * sum_{i in top-k} g_i FFN_i(x)
+  MoE(x) = sum_shared FFN_s(x) + routed_scaling_factor * sum_{i in top-k} g_i FFN_i(x)   (+ x in the block)
 
 Shared experts see every token; each token also goes to k of the E fine-grained routed
 experts (narrow SwiGLUs). The router:
