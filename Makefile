@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 # DeepSpeed's C++ ops (cpu_adam, cpu_lion, async_io), compiled once into .cache/torch_extensions
 ops: setup
 	@start=$$SECONDS; echo "==> DeepSpeed ops (compiled once per checkout)"; \
-	$(PY) -m dslib.parallel.ops build || echo "note: an op did not build; the runs that need it are skipped"; \
+	$(PY) -m dslib.dist.ops build || echo "note: an op did not build; the runs that need it are skipped"; \
 	echo "==> ops ready in $$((SECONDS - start)) s"
 
 test: setup ops

@@ -73,6 +73,18 @@ def synchronize(where=None) -> None:
         torch.cuda.synchronize(where)
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and python's random."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def dist_backend() -> str:
     """nccl on CUDA, gloo on CPU."""
     import torch

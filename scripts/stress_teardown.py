@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dslib.parallel.launch import LaunchError
+from dslib.dist.launch import LaunchError
 
 
 def burn(stop: float) -> None:
@@ -25,7 +25,7 @@ def burn(stop: float) -> None:
 
 def one_round(folder: Path) -> list[tuple[str, str]]:
     from dslib.parallel.pipeline import pipe_config, run_pipeline
-    from dslib.parallel.zero import run_zero
+    from dslib.studies.zero3 import run_zero
 
     failures = []
     runs = {

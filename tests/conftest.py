@@ -9,7 +9,7 @@ import pytest
 
 from dslib.env import outputs_dir
 from dslib.jobs.budgets import budget_table
-from dslib.jobs.record import write_json_atomic
+from dslib.io import write_json_atomic
 
 WALL_TIMES = pytest.StashKey[dict]()
 BUDGET_PROFILE = "smoke"
@@ -36,7 +36,7 @@ def notebook_factory(tmp_path):
 @pytest.fixture
 def no_rank_may_start(monkeypatch):
     """Fail the test if anything reaches the launcher: a refusal must come before any process."""
-    from dslib.parallel import launch as launch_module
+    from dslib.dist import launch as launch_module
 
     def refuse(entry, nprocs, *args, **kwargs):
         raise AssertionError(f"{entry} was launched on {nprocs} ranks; it should have been refused first")

@@ -109,7 +109,8 @@ def test_model_card_holds_the_funnel_the_metrics_and_the_ledger(tiny_run, monkey
 
 
 def test_model_card_reads_the_latest_chapter_claims(tiny_run, tmp_path, monkeypatch):
-    from dslib.jobs.record import METRICS_FILE, Run, read_record, write_json_atomic
+    from dslib.io import write_json_atomic
+    from dslib.jobs.record import METRICS_FILE, Run, read_record
 
     cfg, corpus, trained, evaluation, folder = tiny_run
     monkeypatch.setenv("DSLIB_OUTPUTS", str(tmp_path))
@@ -129,7 +130,7 @@ def test_zero_stages_1_and_3_train_alike_and_return_the_full_weights(tiny_run):
     """Two DeepSpeed launches of 2 ranks (~15 s each): stage 3 with checkpointing of every block
     matches stage 1 step for step, and its gathered weights are the whole model."""
     from dslib.model import TransformerXL
-    from dslib.train.zero_trainer import train_zero
+    from dslib.parallel.zero import train_zero
 
     cfg, corpus, _, _, _ = tiny_run
     model_cfg, recipe = cfg.architecture_config(corpus.tokenizer.vocab_size), cfg.recipe()

@@ -6,7 +6,7 @@ import pytest
 
 from dslib.model import load_config
 from dslib.parallel.grid import GridLayout, validate_grid
-from dslib.parallel.launch import launch
+from dslib.dist.launch import launch
 
 
 @pytest.mark.parametrize("dp, pp, tp", [(1, 1, 2), (2, 1, 2), (1, 2, 2), (2, 2, 2), (3, 2, 4), (2, 4, 1)])

@@ -9,12 +9,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from dslib.parallel import ops
-from dslib.parallel.ds_config import load_ds_config
-from dslib.parallel.launch import LaunchError
-from dslib.parallel.zero import run_zero
+from dslib.dist import ops
+from dslib.dist.ds_config import load_ds_config
+from dslib.dist.launch import LaunchError
+from dslib.studies.zero3 import run_zero
 from dslib.parallel.zero_memory import predicted_model_states
-from dslib.parallel.zero_report import summary_row
+from dslib.studies.zero3_report import summary_row
 
 STEPS = 4
 # wide MLPs: their stage-3 partitions reach DeepSpeed's 1 MiB minimum for NVMe swapping
@@ -81,7 +81,7 @@ def test_measured_model_states_match_the_memory_model(zero3_run):
 
 
 @pytest.mark.skipif(not OFFLOAD_OPS_BUILT, reason="needs DeepSpeed's cpu_adam and async_io ops compiled "
-                    "(minutes on a cold cache): run `python -m dslib.parallel.ops build` once")
+                    "(minutes on a cold cache): run `python -m dslib.dist.ops build` once")
 def test_nvme_offload_puts_parameter_partitions_on_disk(tmp_path):
     r = run_zero("zero3_nvme", nprocs=2, model="tiny", model_overrides=WIDE, steps=3, nvme_dir=tmp_path)
     on_nvme = r.memory[0]["params_nvme"]

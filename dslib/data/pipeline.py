@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.table import InMemoryTable
 
+from dslib.io import atomic_path
+
 DROP, DETAIL, BYTES, EDIT = "_drop", "_detail", "_bytes", "_edit_"
 READ_STEP = "read"
 
@@ -164,11 +166,8 @@ def _total_bytes(ds: datasets.Dataset) -> int:
 
 
 def _write_rejected(path: Path, step: str, frame: pd.DataFrame) -> None:
-    frame = frame.assign(step=step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        frame.assign(step=step).to_parquet(tmp, index=False)
 
 
 def run_pipeline(ds: datasets.Dataset, steps: list[Any], out_dir: str | Path, num_proc: int = 1,

@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterator
 
 from dslib.env import REPO_ROOT, outputs_dir
 from dslib.jobs import params as P
-from dslib.jobs.record import METRICS_FILE, RUN_DIR_VAR, read_record, write_json_atomic
+from dslib.io import write_json_atomic
+from dslib.jobs.record import METRICS_FILE, RUN_DIR_VAR, read_record
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Transformer-XL language model with relative attention and a trainable dynamic gate; the
 DeepSeek-V3-style model of chapter 12 (MLA, DeepSeekMoE, multi-token prediction)."""
 from dslib.model.attention import RelativeAttention, rel_shift, sinusoidal_embedding
+from dslib.model.builder import build_model
 from dslib.model.config import GateConfig, ModelConfig, load_config
 from dslib.model.decode import SpeculativeResult, greedy_decode, speculative_decode
 from dslib.model.deepseek import DeepSeekModel
@@ -17,7 +18,7 @@ __all__ = [
     "AttentionConfig", "DeepSeekConfig", "DeepSeekMoE", "DeepSeekModel", "DynamicGate", "GateConfig",
     "KVCache", "MTPConfig", "ModelConfig", "ModelOutput", "MoEConfig", "MultiHeadLatentAttention",
     "RelativeAttention", "RotaryAttention", "SpeculativeResult", "SwiGLU", "TransformerXL",
-    "count_deepseek_parameters", "count_parameters", "deepseek_flops_per_token", "dense_equivalent",
+    "build_model", "count_deepseek_parameters", "count_parameters", "deepseek_flops_per_token", "dense_equivalent",
     "flops_breakdown", "flops_per_token", "greedy_decode", "load_config", "load_deepseek_config",
     "matmul_parameters", "rel_shift", "sinusoidal_embedding", "speculative_decode",
 ]

@@ -12,11 +12,11 @@ with `aux_loss` = the MoE balance losses (already weighted by their alphas) + la
 loss, `stats` 0-dim detached tensors (per-layer expert load shares and MaxVio, the share a
 capacity limit would drop, the MTP losses), and `mems` [] (no recurrence: `mems` is ignored).
 
-Auxiliary-loss-free balancing needs one call per optimizer step, after `optimizer.step()`:
+Auxiliary-loss-free balancing needs one call per optimizer step, after the update:
     model.update_router_biases()
-It moves each router's bias by gamma * sign(mean load - load) over the loads counted in the
-training forwards since the previous call (nothing happens while bias_update_speed is 0). A
-training loop that does not call it trains with the biases frozen at zero.
+The book's one training step (dslib.train.step.train_step) makes it. It moves each router's
+bias by gamma * sign(mean load - load) over the loads counted in the training forwards since
+the previous call (nothing happens while bias_update_speed is 0).
 """
 from __future__ import annotations
 

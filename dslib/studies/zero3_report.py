@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from dslib import viz
-from dslib.parallel.zero import ZeroResult
 from dslib.parallel.zero_memory import predicted_model_states
+from dslib.studies.zero3 import ZeroResult
 
 MB = 2**20
 COMPONENTS = ("params", "grads", "master", "optimizer")

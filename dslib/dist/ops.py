@@ -3,7 +3,7 @@
 DeepSpeed JIT-compiles an op the first time a run needs it (measured on a 2-core CPU:
 cpu_adam 37-97 s, cpu_lion 36-90 s, async_io 197-370 s). torch's JIT cache cannot be shared
 between checkouts: ninja keys every object on its command line, which holds the absolute
-source paths of each checkout's own venv. So ``python -m dslib.parallel.ops build`` keeps
+source paths of each checkout's own venv. So ``python -m dslib.dist.ops build`` keeps
 each op's shared library in a per-user cache (``$DSLIB_OPS_CACHE``, default
 ``~/.cache/dslib/deepspeed-ops``) under a key of everything the binary depends on: the op's
 sources and headers, its compiler flags (``-march=native``: the CPU's flags too), the
@@ -27,11 +27,13 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import dslib  # noqa: F401  (sets TORCH_EXTENSIONS_DIR before DeepSpeed reads it)
+from dslib.dist.ports import free_port
+from dslib.env import dist_backend
+from dslib.io import atomic_path
 
 # op -> DeepSpeed builder, in dependency order (async_io links against pin_memory's symbols)
 BOOK_OPS: dict[str, str] = {"cpu_adam": "CPUAdamBuilder", "cpu_lion": "CPULionBuilder",
@@ -112,12 +114,9 @@ def build(op: str) -> tuple[float, bool]:
 
     _builder(op).load(verbose=False)
     built = Path(_get_build_directory(op, verbose=False)) / f"{op}.so"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{op}.", suffix=".so")
-    os.close(fd)
-    shutil.copyfile(built, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)  # another checkout building the same op at once finds a whole file
+    with atomic_path(target) as tmp:  # another checkout building the same op at once finds a whole file
+        shutil.copyfile(built, tmp)
+        os.chmod(tmp, 0o644)
     return time.perf_counter() - start, False
 
 
@@ -161,6 +160,20 @@ def skip_shm_comm() -> None:
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def start_single_rank() -> None:
+    """A one-rank process group in this process (gloo on CPU, nccl on CUDA), so that a DeepSpeed
+    engine can run in a notebook's own process; a no-op when a group is already up."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
+                       "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
+        os.environ.setdefault(key, value)
+    deepspeed.init_distributed(dist_backend=dist_backend(), verbose=False)
 
 
 def offloads_params_to_nvme(config: dict) -> bool:
@@ -222,7 +235,7 @@ def initialize_engine(model, config: dict, model_parameters=None, **kwargs):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dslib.parallel.ops",
+    parser = argparse.ArgumentParser(prog="python -m dslib.dist.ops",
                                      description="Build DeepSpeed's C++ ops once into the per-user op cache.")
     parser.add_argument("command", choices=["build", "status"])
     parser.add_argument("ops", nargs="*", default=list(BOOK_OPS), help=f"default: {' '.join(BOOK_OPS)}")
