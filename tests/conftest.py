@@ -1,6 +1,7 @@
 """Shared fixtures: tiny notebooks written on the fly for the runner tests."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -23,3 +24,8 @@ def notebook_factory(tmp_path):
     def make(name: str, params: str, *cells: str) -> Path:
         return write_notebook(tmp_path / name, params, *cells)
     return make
+
+
+# Tests log no runs to the repository's MLflow store (outputs/mlflow.db); test_tracking turns
+# tracking on with a store of its own.
+os.environ.setdefault("DSLIB_TRACKING", "0")
