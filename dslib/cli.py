@@ -51,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     site.add_argument("--out", type=Path, help="site folder (default: BOOK_DIR/site)")
     site.add_argument("--errata", type=Path, help="errata markdown page (default: docs/errata.md, when present)")
 
+    lab = sub.add_parser("lab", help="JupyterLab on 127.0.0.1 with a token, the project's settings and kernel")
+    lab.add_argument("--port", type=int)
+    lab.add_argument("--notebook-dir", type=Path, default=Path("notebooks"))
+
+    ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the tracking store (MLFLOW_TRACKING_URI "
+                                   "or outputs/mlflow.db)")
+    ui.add_argument("--port", type=int, default=5000)
+
     rep = sub.add_parser("report", help="rebuild a report from run directories (a comparison if they "
                                         "are runs of one notebook)")
     rep.add_argument("run_dirs", nargs="+", type=Path)
@@ -93,6 +101,17 @@ def main(argv: list[str] | None = None) -> int:
             index = book.build_site(args.book_dir, args.out, **({"errata": args.errata} if args.errata else {}))
             print(f"book: {index} ({len(list(index.parent.glob('*.html')))} pages)")
             return 0
+        if args.command in ("lab", "ui"):
+            import os
+
+            from dslib.jobs import lab, tracking
+
+            if args.command == "lab":
+                cmd, env = lab.lab_command(args.notebook_dir.resolve(), args.port), lab.lab_env()
+            else:
+                cmd, env = tracking.ui_command(args.port), dict(os.environ)
+                print(f"MLflow UI: http://127.0.0.1:{args.port} (store {tracking.tracking_uri()})", flush=True)
+            os.execve(cmd[0], cmd, env)
         if args.command == "report":
             from dslib.jobs import report
             from dslib.jobs.record import read_record

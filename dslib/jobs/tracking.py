@@ -25,10 +25,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dslib.env import outputs_dir
+from dslib.env import REPO_ROOT, outputs_dir
 from dslib.jobs.record import METRICS_FILE, read_record
 
 TRACKING_VAR = "DSLIB_TRACKING"
+UI_VAR = "DSLIB_MLFLOW_UI"  # an ``mlflow`` executable whose package ships the UI
+UI_VENV = REPO_ROOT / ".venv-ui"  # made by `make ui-setup`: see constraints-ui.txt for why apart
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlflow-artifacts"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
@@ -72,6 +74,22 @@ def log_run(run_dir: str | Path) -> str | None:
               f"reached ({type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}); "
               f"the run's records are in {run_dir}", file=sys.stderr, flush=True)
         return None
+
+
+def ui_command(port: int = 5000, uri: str | None = None) -> list[str]:
+    """The MLflow UI server on 127.0.0.1 over the tracking store (one worker: a small machine).
+
+    The UI is in the ``mlflow`` package only; the project's venv has ``mlflow-skinny``
+    (``mlflow`` 3.17 pins pyarrow below the project's), so the server runs from .venv-ui."""
+    mlflow = Path(os.environ.get(UI_VAR) or UI_VENV / "bin" / "mlflow")
+    if not mlflow.is_file():
+        raise FileNotFoundError(f"the MLflow UI is not installed ({mlflow}): run `make ui-setup`, or set {UI_VAR} "
+                                "to an mlflow executable of the full mlflow package")
+    uri = uri or tracking_uri()
+    cmd = [str(mlflow), "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    root = artifact_root(uri)
+    return cmd + (["--default-artifact-root", root] if root else [])
 
 
 def _log(run_dir: Path, uri: str) -> str:
