@@ -25,8 +25,11 @@ CHROMIUM = Path(os.environ.get("DSLIB_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("DSLIB_CHROMEDRIVER", "/usr/bin/chromedriver"))
 
 
+SCREENSHOTS = outputs_dir() / "test-screenshots"  # fixed at import: tests point DSLIB_OUTPUTS elsewhere
+
+
 def screenshot_dir(name: str) -> Path:
-    path = outputs_dir() / "test-screenshots" / name
+    path = SCREENSHOTS / name
     path.mkdir(parents=True, exist_ok=True)
     return path
 

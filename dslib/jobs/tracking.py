@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dslib.env import REPO_ROOT, outputs_dir
+from dslib.jobs.params import declared_parameters
 from dslib.jobs.record import METRICS_FILE, read_record
 
 TRACKING_VAR = "DSLIB_TRACKING"
@@ -36,8 +37,12 @@ ARTIFACTS_DIR = "mlflow-artifacts"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 MAX_PARAM_CHARS = 6000  # MLflow's limit of a param value
 MAX_TAG_CHARS = 5000
-# A remote store that is down would otherwise be retried with backoff for minutes.
-_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# A remote store that is down would otherwise be retried with backoff for minutes; and the
+# book runs offline: no usage reports from the client or the UI server.
+_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                 "MLFLOW_DISABLE_TELEMETRY": "true"}
+# The UI opens an experiment of this kind on its runs table (its default is the GenAI overview).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 _QUIET_LOGGERS = ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent")
 _unreachable: set[str] = set()  # stores this process has already warned about
 
@@ -64,8 +69,7 @@ def log_run(run_dir: str | Path) -> str | None:
     uri = tracking_uri()
     if not enabled() or uri in _unreachable:
         return None
-    for name, value in _HTTP_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    _set_env_defaults()
     try:
         return _log(Path(run_dir), uri)
     except Exception as err:  # any store failure: the run itself is done and recorded
@@ -85,6 +89,7 @@ def ui_command(port: int = 5000, uri: str | None = None) -> list[str]:
     if not mlflow.is_file():
         raise FileNotFoundError(f"the MLflow UI is not installed ({mlflow}): run `make ui-setup`, or set {UI_VAR} "
                                 "to an mlflow executable of the full mlflow package")
+    _set_env_defaults()
     uri = uri or tracking_uri()
     cmd = [str(mlflow), "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]
@@ -104,7 +109,8 @@ def _log(run_dir: Path, uri: str) -> str:
     experiment = client.get_experiment_by_name(stem)
     if experiment is None:
         try:
-            experiment_id = client.create_experiment(stem, artifact_location=_experiment_artifacts(uri, stem))
+            experiment_id = client.create_experiment(stem, artifact_location=_experiment_artifacts(uri, stem),
+                                                     tags=EXPERIMENT_TAGS)
         except MlflowException:  # created meanwhile by a concurrent run
             experiment_id = client.get_experiment_by_name(stem).experiment_id
     else:
@@ -115,7 +121,7 @@ def _log(run_dir: Path, uri: str) -> str:
     run_id = run.info.run_id
     status = "FINISHED" if info.get("status") == "ok" else "FAILED"
     try:
-        params, metrics = _params(info), _metrics(record, started_ms)
+        params, metrics = _params(run_dir, info), _metrics(record, started_ms)
         client.log_batch(run_id, params=params)
         for i in range(0, len(metrics), BATCH):
             client.log_batch(run_id, metrics=metrics[i:i + BATCH])
@@ -129,6 +135,11 @@ def _log(run_dir: Path, uri: str) -> str:
     finally:
         client.set_terminated(run_id, status=status, end_time=started_ms + int(1000 * (info.get("wall_s") or 0)))
     return run_id
+
+
+def _set_env_defaults() -> None:
+    for name, value in _ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def _experiment_artifacts(uri: str, name: str) -> str | None:
@@ -151,10 +162,17 @@ def _tags(run_dir: Path, info: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
-def _params(info: dict[str, Any]) -> list:
+def _params(run_dir: Path, info: dict[str, Any]) -> list:
+    """Every parameter the run used: the notebook's defaults (from its parameters cell, in the
+    executed copy) under the overrides the record lists, and the profile."""
     from mlflow.entities import Param
 
-    values = {"profile": info.get("profile", ""), **info.get("parameters", {})}
+    executed = _executed(run_dir, info)
+    try:
+        defaults = declared_parameters(executed) if executed.is_file() else {}
+    except ValueError:  # no parameters cell
+        defaults = {}
+    values = {"profile": info.get("profile", ""), **defaults, **info.get("parameters", {})}
     return [Param(_name(k), (v if isinstance(v, str) else json.dumps(v, default=str))[:MAX_PARAM_CHARS])
             for k, v in values.items()]
 
@@ -177,9 +195,12 @@ def _metrics(record: dict[str, Any], timestamp: int) -> list:
     return out
 
 
+def _executed(run_dir: Path, info: dict[str, Any]) -> Path:
+    return run_dir / Path(info.get("notebook", f"{run_dir.name}.ipynb")).name
+
+
 def _artifacts(run_dir: Path, info: dict[str, Any]) -> list[Path]:
-    executed = run_dir / Path(info.get("notebook", f"{run_dir.name}.ipynb")).name
-    return [p for p in (executed, run_dir / METRICS_FILE, run_dir / "run.log") if p.is_file()]
+    return [p for p in (_executed(run_dir, info), run_dir / METRICS_FILE, run_dir / "run.log") if p.is_file()]
 
 
 def _number(value: Any) -> bool:
