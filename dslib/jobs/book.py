@@ -117,7 +117,7 @@ def build_site(book_dir: str | Path | None = None, out_dir: str | Path | None = 
     if errata:
         _write_page(out_dir / "errata.html", "Errata", _bar(links, None, None), _markdown(errata.read_text()),
                     f"From {errata.name} in the repository.")
-    _write_page(out_dir / "index.html", TITLE, _bar(links, None, found[0] if found else None),
+    _write_page(out_dir / "index.html", TITLE, _bar(links, None, found[0]),
                 _index_body(found, book_dir), "")
     write_json_atomic(out_dir / STAMP_FILE, _stamp(found, book_dir, files))
     (out_dir / STAMP_FILE).chmod(0o644)

@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from traitlets.config import Config
+
 from dslib.env import REPO_ROOT, outputs_dir
 from dslib.jobs import params as P
 from dslib.jobs import tracking
@@ -78,13 +80,11 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def kernel_config():
+def kernel_config() -> Config:
     """Kernel manager settings for papermill: CurveZMQ keys for the kernel's sockets, which
     ipykernel's kernelspec declares it supports (jupyter_client's documented switch). The
     kernel then talks encrypted and no longer warns "running over TCP without encryption"
     at every start."""
-    from traitlets.config import Config
-
     config = Config()
     config.KernelManager.transport_encryption = "auto"
     return config
