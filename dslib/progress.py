@@ -8,12 +8,12 @@ Python the bar is tqdm's text bar, each refresh written as one line at most ever
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, TextIO
 
+from dslib.env import headless
+
 HEADLESS_INTERVAL_S = 10.0
-RUN_DIR_VAR = "DSLIB_RUN_DIR"  # set by dslib.jobs.runner for the kernel it starts
 
 
 class _Lines:
@@ -33,7 +33,7 @@ class _Lines:
 
 def interactive() -> bool:
     """True inside a Jupyter kernel that a person watches (JupyterLab), not under dslib run."""
-    if os.environ.get(RUN_DIR_VAR):
+    if headless():
         return False
     try:
         from IPython import get_ipython

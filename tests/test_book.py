@@ -22,6 +22,7 @@ from dslib.jobs.record import load_claims
 # (the lead regenerates it with `make book-reference` when chapters change).
 REFERENCE_MARGIN = timedelta(days=14)
 PRODUCES_THE_BOOK = ("notebooks", "dslib", "configs")
+MAX_SHOT_PX = 8000  # screenshots show a page down to here
 # Loaded resources (not hyperlinks): src=, <link href>, CSS url(), script imports.
 EXTERNAL_RESOURCE = re.compile(r"""(?:\bsrc\s*=\s*["']?|<link[^>]*\bhref\s*=\s*["']?|url\(\s*["']?|import\(\s*["'])"""
                                r"""(?:https?:)?//""", re.I)
@@ -135,6 +136,8 @@ def test_every_page_opens_in_chromium_with_no_broken_image_or_link(which, reques
         local = [h.split("#")[0] for h in state["links"] if not re.match(r"(https?:|mailto:|#)", h)]
         assert all((folder / h).is_file() for h in local if h), f"{page.name}: broken links in {local}"
         assert all(u.startswith("file:") for u in state["loaded"]), f"{page.name} loaded {state['loaded']}"
+        height = min(chromium.execute_script("return document.documentElement.scrollHeight"), MAX_SHOT_PX)
+        chromium.set_window_size(1400, max(height, 600))
         chromium.save_screenshot(str(shots / f"{page.stem}.png"))
     print(f"{len(pages)} pages of {folder}; screenshots in {shots}")
 

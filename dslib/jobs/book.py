@@ -43,6 +43,7 @@ body { margin: 0; }
 .book-page table { border-collapse: collapse; margin: 8px 0; }
 .book-page td, .book-page th { border: 1px solid #d1d5db; padding: 3px 8px; text-align: left; vertical-align: top; }
 .jp-RenderedImage img, .book-page img { max-width: 100%; height: auto; }
+.jp-InputArea-editor, .jp-OutputArea-output pre { overflow-x: auto; }
 a.anchor-link { display: none; }
 .jp-Collapser { display: none; }
 """
