@@ -3,11 +3,12 @@
 ``tqdm.auto`` picks the widget bar inside any kernel, papermill's too; there nobody sees the
 widget, the executed notebook keeps only its first frame ("0/300") and the book's pages would
 need a widget renderer from a CDN. Under ``dslib run`` (DSLIB_RUN_DIR set) and in plain
-Python the bar is tqdm's text bar, each refresh written as one line at most every
-``HEADLESS_INTERVAL_S`` seconds: readable in run.log, the executed notebook and a terminal.
+Python without a terminal the bar is tqdm's text bar, each refresh written as one line at most
+every ``HEADLESS_INTERVAL_S`` seconds: readable in run.log, the executed notebook and CI logs.
 """
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, TextIO
 
@@ -16,16 +17,22 @@ from dslib.env import headless
 HEADLESS_INTERVAL_S = 10.0
 
 
+# "[00:12<00:30, 4.2it/s" in a bar: the clock and rate, which change between equal states
+_CLOCK = re.compile(r"\[[^,\]]*(,\s*[^,\]]*(?:it/s|s/it))?")
+
+
 class _Lines:
-    """A stream for tqdm's text bar: each refresh (``\\r`` + status) becomes one line."""
+    """A stream for tqdm's text bar: each refresh (``\\r`` + status) becomes one line; a line
+    that repeats the last state (tqdm redraws it on close) is dropped."""
 
     def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
+        self.stream, self.last = stream, ""
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").rstrip()
-        if line:
+        if line and _CLOCK.sub("[", line) != self.last:
             self.stream.write(line + "\n")
+            self.last = _CLOCK.sub("[", line)
 
     def flush(self) -> None:
         self.stream.flush()
@@ -44,12 +51,16 @@ def interactive() -> bool:
 
 
 def progress_bar(iterable: Any = None, **kwargs: Any):
-    """``tqdm(iterable, **kwargs)``: the notebook widget when interactive, else text lines."""
+    """``tqdm(iterable, **kwargs)``: the notebook widget when interactive, tqdm's own bar in a
+    terminal, else (papermill, logs, pipes) text lines."""
     if interactive():
         from tqdm.auto import tqdm
 
         return tqdm(iterable, **kwargs)
     from tqdm.std import tqdm
+
+    if getattr(sys.stderr, "isatty", lambda: False)():
+        return tqdm(iterable, **kwargs)
 
     kwargs.setdefault("mininterval", HEADLESS_INTERVAL_S)
     kwargs.setdefault("file", _Lines(sys.stderr))

@@ -23,6 +23,7 @@ def test_headless_run_writes_plain_progress_lines_not_a_widget(notebook_factory,
     lines = text.splitlines()
     assert "\r" not in text and len(lines) >= 2, text
     assert "steps:" in lines[0] and "20/20" in lines[-1], "the last line stays (leave is forced on)"
+    assert len(set(lines)) == len(lines), "no line twice"
 
 
 def test_plain_python_is_not_interactive():
