@@ -36,10 +36,10 @@ ops: setup
 	echo "==> ops ready in $$((SECONDS - start)) s"
 
 $(UI_STAMP): constraints-ui.txt
-	@echo "==> MLflow UI venv: $(UI_VENV)"; \
+	@start=$$SECONDS; echo "==> MLflow UI venv: $(UI_VENV)"; \
 	test -x $(UI_VENV)/bin/python || python3 -m venv $(UI_VENV); \
 	$(UI_VENV)/bin/python -m pip install -q -c constraints-ui.txt mlflow || exit 1; \
-	touch $(UI_STAMP)
+	touch $(UI_STAMP); echo "==> MLflow UI venv done in $$((SECONDS - start)) s"
 
 ui-setup: $(UI_STAMP)
 
@@ -78,4 +78,4 @@ bench: setup
 	@for b in benchmarks/bench_*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf outputs/cookbook outputs/run-* outputs/lab .pytest_cache
+	rm -rf outputs/cookbook outputs/reference outputs/run-* outputs/lab outputs/test-screenshots .pytest_cache
