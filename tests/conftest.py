@@ -2,6 +2,7 @@
 starts, and the time-budget table printed at the end of the run (reported, never asserted)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -65,3 +66,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_sep("-", "time budgets")
     terminalreporter.write_line(budget_table(walls, BUDGET_PROFILE))
     terminalreporter.write_line(f"(written to {path})")
+
+
+# Tests log no runs to the repository's MLflow store (outputs/mlflow.db); test_tracking turns
+# tracking on with a store of its own.
+os.environ.setdefault("DSLIB_TRACKING", "0")

@@ -18,9 +18,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from traitlets.config import Config
+
 from dslib.env import REPO_ROOT, outputs_dir
 from dslib.jobs import params as P
 from dslib.io import write_json_atomic
+from dslib.jobs import tracking
 from dslib.jobs.record import METRICS_FILE, RUN_DIR_VAR, read_record
 
 
@@ -76,6 +79,16 @@ def provenance() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "host": platform.node(),
     }
+
+
+def kernel_config() -> Config:
+    """Kernel manager settings for papermill: CurveZMQ keys for the kernel's sockets, which
+    ipykernel's kernelspec declares it supports (jupyter_client's documented switch). The
+    kernel then talks encrypted and no longer warns "running over TCP without encryption"
+    at every start."""
+    config = Config()
+    config.KernelManager.transport_encryption = "auto"
+    return config
 
 
 @contextlib.contextmanager
@@ -143,7 +156,7 @@ def run_notebook(notebook: str | Path, profile: str = P.DEFAULT_PROFILE,
         with _kernel_env(run_dir, list(parameters)), _log_to(run_dir / "run.log"):
             pm.execute_notebook(str(notebook), str(executed), parameters=parameters, progress_bar=False,
                                 log_output=True, cwd=str(notebook.parent.resolve()),
-                                start_timeout=start_timeout)
+                                start_timeout=start_timeout, config=kernel_config())
     except PapermillExecutionError as err:
         error = f"cell {err.cell_index}: {err.ename}: {err.evalue}"
     except Exception as err:  # kernel died, timeout: the run failed, the record says why
@@ -151,4 +164,5 @@ def run_notebook(notebook: str | Path, profile: str = P.DEFAULT_PROFILE,
     wall = time.perf_counter() - start
     _write_run_info(run_dir, {"status": "failed" if error else "ok", "error": error,
                               "wall_s": round(wall, 2)})
+    tracking.log_run(run_dir)
     return RunResult(ok=not error, run_dir=run_dir, notebook=executed, wall_s=wall, error=error)

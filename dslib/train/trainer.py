@@ -24,11 +24,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from dslib.data.loader import StreamLoader
 from dslib.env import device as default_device, seed_everything, synchronize
 from dslib.io import write_json_atomic
+from dslib.progress import progress_bar
 from dslib.train import checkpoint as ckpt
 from dslib.train import precision
 from dslib.train.recipe import OptimizerFactory, TrainConfig, adamw, lr_at, param_groups
@@ -186,7 +186,7 @@ class Trainer:
             self._window_first, self._stat_sums = self.step, {}
         self.model.train()
         start_step, tokens_per_step = self.step, cfg.batch_size * cfg.seq_len
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.name, disable=not cfg.progress, leave=False)
+        bar = progress_bar(total=cfg.steps, initial=self.step, desc=cfg.name, disable=not cfg.progress, leave=False)
         run_start = window_start = time.perf_counter()
         timed_first, paused_seconds = self.step, 0.0  # the window's steps this process ran and timed
         while self.step < cfg.steps:
