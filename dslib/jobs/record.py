@@ -16,10 +16,9 @@ from typing import Any, Literal
 
 import yaml
 
-from dslib.env import REPO_ROOT, outputs_dir
+from dslib.env import REPO_ROOT, RUN_DIR_VAR, outputs_dir
 from dslib.io import jsonable, write_json_atomic
 
-RUN_DIR_VAR = "DSLIB_RUN_DIR"
 METRICS_FILE = "metrics.json"
 CLAIMS_FILE = REPO_ROOT / "configs" / "claims.yaml"
 
