@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from dslib.data import config, dedup, demo, domain, nearcheck, pipeline
+from dslib.data import config, dedup, demo, domain, governance, nearcheck, pipeline
 from dslib.env import outputs_dir
 
 
@@ -114,7 +114,7 @@ def pipeline_run(n_docs: int, work: str) -> dict:
     import datasets
 
     result, seconds, cpu = timed(pipeline.run_pipeline, datasets.Dataset.from_pandas(ds),
-                                 config.build_steps(cfg) + [keyword], work, cfg.num_proc)
+                                 governance.build_steps(cfg) + [keyword], work, cfg.num_proc)
     return {"docs": len(ds), "seconds": seconds, "cpu_seconds": cpu, "docs_per_s": len(ds) / seconds,
             "term_list_setup_s": setup,
             "kept": result.funnel.kept_docs, "num_proc": cfg.num_proc,

@@ -55,6 +55,12 @@ def set_offline() -> None:
         os.environ["PATH"] = os.pathsep.join(filter(None, [bin_dir, os.environ.get("PATH")]))
 
 
+def python_path() -> str:
+    """PYTHONPATH for a child process (a rank, a kernel, a fresh measurement): this checkout
+    first, so the child imports the same dslib as its parent."""
+    return os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+
+
 def cache_dir() -> Path:
     """Project cache (tokenizers, op builds): DSLIB_CACHE or <repo>/.cache."""
     path = Path(os.environ.get("DSLIB_CACHE", REPO_ROOT / ".cache"))

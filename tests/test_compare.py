@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from dslib.optim.compare import (Curve, OptimizerSpec, best_specs, common_target, lr_sweep, seed_runs,
+from dslib.studies.optimizers import (Curve, OptimizerSpec, best_specs, common_target, lr_sweep, seed_runs,
                                  speedup, train_curve)
 
 

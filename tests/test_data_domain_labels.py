@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from dslib.data import config, domain, labels, pipeline
+from dslib.data import config, domain, governance, labels, pipeline
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_keyword_filter_in_pipeline_drops_with_reason(tmp_path):
     texts = ["Abnormal shortening of the ulna with joint hypermobility and scoliosis.",
              "In the beginning God created the heaven and the earth."]
     ds = datasets.Dataset.from_dict({"id": ["med", "gen"], "text": texts})
-    result = pipeline.run_pipeline(ds, config.build_steps(cfg), tmp_path)
+    result = pipeline.run_pipeline(ds, governance.build_steps(cfg), tmp_path)
     assert result.kept["id"] == ["med"]
     assert result.rejected("domain")["reason"].tolist() == ["off_domain_keyword"]
 

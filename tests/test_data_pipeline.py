@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dslib.data import clean, config, dedup, files, pipeline, quality
+from dslib.data import clean, config, dedup, files, governance, pipeline, quality
 
 VERSES = [
     "In the beginning God created the heaven and the earth.",
@@ -25,7 +25,7 @@ def corpus(texts: list[str]) -> datasets.Dataset:
 
 
 def steps(**near) -> list:
-    return config.build_steps(config.parse_config({"steps": [
+    return governance.build_steps(config.parse_config({"steps": [
         {"kind": "clean"}, {"kind": "quality"}, {"kind": "exact_dedup"},
         {"kind": "near_dedup", "threshold": 0.5, "num_perm": 128, "shingle_size": 3, **near}]}))
 
@@ -225,7 +225,7 @@ def test_bad_input_is_counted_never_lost(tmp_path):
     reasons = sorted(r["reason"] for r in read.rejected)
     assert reasons == ["invalid_json", "invalid_utf8", "invalid_utf8", "missing_field", "not_text", "not_text", "too_large"]
     cfg = config.parse_config({"steps": [{"kind": "clean"}, {"kind": "quality"}, {"kind": "exact_dedup"}]})
-    result = pipeline.run_files([tmp_path], cfg, tmp_path / "out")
+    result = governance.run_files([tmp_path], cfg, tmp_path / "out")
     f = result.funnel
     assert f.input_docs == 13 and f.rows[0]["docs_kept"] == 6  # 8 jsonl lines, 3 paragraphs, 2 rows
     assert {d["reason"] for d in f.drops if d["step"] == "read"} == set(reasons)
@@ -245,7 +245,7 @@ def test_wrong_column_is_a_clear_error(tmp_path):
 
 def test_a_step_kind_used_twice_is_counted_apart(tmp_path):
     cfg = config.parse_config({"steps": [{"kind": "quality", "min_words": 3}, {"kind": "quality", "min_words": 12}]})
-    result = pipeline.run_pipeline(corpus(VERSES + ["Amen."]), config.build_steps(cfg), tmp_path)
+    result = pipeline.run_pipeline(corpus(VERSES + ["Amen."]), governance.build_steps(cfg), tmp_path)
     assert [r["step"] for r in result.funnel.rows] == ["read", "quality", "quality_2"]
     assert len(result.rejected("quality")) == 1 and len(result.rejected("quality_2")) == 2
 
@@ -254,6 +254,6 @@ def test_nothing_dropped_and_nothing_readable(tmp_path):
     result = pipeline.run_pipeline(corpus(VERSES), steps(), tmp_path / "clean_run")
     assert len(result.kept) == 5 and result.rejected().empty
     (tmp_path / "bad.jsonl").write_bytes(b'{"text": 1}\n{broken\n')
-    result = pipeline.run_files([tmp_path / "bad.jsonl"], config.parse_config({"steps": [{"kind": "clean"}]}),
+    result = governance.run_files([tmp_path / "bad.jsonl"], config.parse_config({"steps": [{"kind": "clean"}]}),
                                 tmp_path / "bad_run")
     assert len(result.kept) == 0 and sorted(result.rejected()["reason"]) == ["invalid_json", "not_text"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dslib import end_to_end
+from dslib.studies import end_to_end
 from dslib.data.config import ConfigError
 from dslib.env import REPO_ROOT
 
@@ -148,8 +148,8 @@ def test_another_config_file_changes_the_run(tmp_path):
     values, where passing every notebook default would have overridden them all."""
     import yaml
 
-    from dslib import end_to_end
-    from dslib.end_to_end_config import CONFIG_DIR
+    from dslib.studies import end_to_end
+    from dslib.studies.end_to_end_config import CONFIG_DIR
     from dslib.jobs import changed_parameters
     from dslib.jobs.params import NOTEBOOKS_DIR, declared_parameters
 

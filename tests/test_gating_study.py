@@ -5,7 +5,7 @@ import torch
 
 from dslib.data.loader import StreamLoader
 from dslib.model import TransformerXL, load_config
-from dslib.model.gating_study import claim_verdict, gate_gradient_norms, gated_copy, measure_inference, train_gated
+from dslib.studies.gating import claim_verdict, gate_gradient_norms, gated_copy, measure_inference, train_gated
 from dslib.train import TrainConfig
 
 

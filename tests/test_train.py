@@ -17,7 +17,7 @@ from dslib.data import sources
 from dslib.data.loader import StreamLoader
 from dslib.data.shards import build_shards
 from dslib.data.tokenizer import get_tokenizer
-from dslib.env import REPO_ROOT
+from dslib.env import python_path
 from dslib.model import TransformerXL, load_config
 from dslib.train.__main__ import main as cli_main
 from dslib.train import (TrainConfig, Trainer, evaluate, latest_checkpoint, load_checkpoint, lr_at,
@@ -158,7 +158,7 @@ def _cli_args(out: Path, steps: int, *extra: str) -> list[str]:
 @pytest.mark.timeout(600)
 def test_sigkill_then_resume_gives_the_same_losses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DSLIB_CACHE", str(tmp_path / "cache"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": python_path()}
     cli = [sys.executable, "-m", "dslib.train"]
     steps = 60
     reference, killed = tmp_path / "reference", tmp_path / "killed"

@@ -79,7 +79,7 @@ def test_powersgd_counted_bytes_match_the_matrix_shape_formula():
     from dslib.dist.launch import launch
     from dslib.tune.powersgd import compressed_elements, step_bytes
 
-    runs = launch("dslib.tune.powersgd:compare_compression", nprocs=2, timeout=240,
+    runs = launch("dslib.studies.compression:compare_compression", nprocs=2, timeout=240,
                   kwargs={"ranks": [2], "steps": 4, "start_iter": 2, "batch_size": 2})
     plain, compressed = runs
     shapes = plain["shapes"]
@@ -129,7 +129,7 @@ def test_activation_checkpointing_section_is_validated_before_launch():
 
 
 def test_deepspeed_checkpointing_under_zero2_on_two_ranks_gives_the_plain_gradients():
-    from dslib.tune.ds_checkpointing import gradient_check
+    from dslib.studies.ds_checkpointing import gradient_check
 
     # ds_partition: the 2 ranks act as one model-parallel group, each keeping half of every checkpoint
     diffs = gradient_check(["deepspeed", "ds_partition"], every=2, model_overrides={"num_layers": 4})

@@ -142,13 +142,3 @@ def load_config(path: str | Path) -> PipelineConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with a 'steps' list")
     return parse_config(data, str(path))
-
-
-def build_steps(config: PipelineConfig) -> list[Any]:
-    """The step objects, in the configured order."""
-    from dslib.data import clean, dedup, domain, quality
-
-    makers = {"clean": lambda c: clean.Clean(c.nfkc), "quality": quality.Quality,
-              "exact_dedup": lambda c: dedup.ExactDedup(), "near_dedup": dedup.NearDedup,
-              "domain": domain.DomainFilter.from_config}
-    return [makers[c.kind](c) for c in config.steps]

@@ -220,16 +220,3 @@ def _run(ds: datasets.Dataset, steps: list[Any], out_dir: Path, num_proc: int,
     funnel.check()
     (out_dir / "funnel.json").write_text(json.dumps(funnel.to_dict(), indent=2))
     return PipelineResult(ds.remove_columns([BYTES]), funnel, rejected_dir, steps)
-
-
-def run_files(paths: list[str | Path], config: Any, out_dir: str | Path) -> PipelineResult:
-    """Read the user's files and run the configured pipeline on them. ``config``: a
-    ``PipelineConfig``, a path, or a name in configs/data. The config is validated and the
-    steps are built before any file is read, so a bad config fails before any work."""
-    from dslib.data import config as cfg
-    from dslib.data import files
-
-    config = config if isinstance(config, cfg.PipelineConfig) else cfg.load_config(config)
-    steps = cfg.build_steps(config)
-    read = files.read_files(paths, config.text_field, config.max_doc_bytes)
-    return run_pipeline(read.dataset(), steps, out_dir, config.num_proc, read.rejected)

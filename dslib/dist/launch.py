@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dslib.dist.ports import free_port
-from dslib.env import REPO_ROOT
+from dslib.env import python_path
 
 TAIL_LINES = 25
 LAUNCHERS = ("auto", "torchrun", "deepspeed", "srun")
@@ -90,7 +90,7 @@ def in_slurm_allocation() -> bool:
 
 def _command(launcher: str, nprocs: int, log_dir: Path, worker_args: list[str]) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = python_path()
     worker = ["-m", "dslib.dist.worker", *worker_args]
     if launcher == "srun":
         hosts = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],

@@ -47,7 +47,7 @@ class ModelCard:
         sections = [
             f"# Model card: {self.title}\n",
             f"Written {datetime.now(timezone.utc).isoformat(timespec='seconds')} from the measurements of "
-            "one end-to-end run (`notebooks/11_end_to_end.ipynb`, `dslib.end_to_end`).\n",
+            "one end-to-end run (`notebooks/11_end_to_end.ipynb`, `dslib.studies.end_to_end`).\n",
             "## Model details and training\n",
             markdown_table([{"item": k, "value": v} for k, v in self.details.items()], max_rows=len(self.details)),
             "## Training data\n",

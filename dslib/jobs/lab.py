@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from dslib.env import REPO_ROOT
+from dslib.env import REPO_ROOT, python_path
 from dslib.jobs.record import RUN_DIR_VAR
 
 SETTINGS_DIR = REPO_ROOT / "configs" / "jupyterlab"
@@ -31,7 +31,7 @@ def lab_command(notebook_dir: Path = REPO_ROOT / "notebooks", port: int | None =
 def lab_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """The kernel imports this checkout's dslib and records into outputs/lab, not a run dir."""
     env = dict(os.environ if env is None else env)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = python_path()
     env.pop(RUN_DIR_VAR, None)
     env.pop("MPLBACKEND", None)  # Agg would keep figures out of the notebook
     return env

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 from traitlets.config import Config
 
-from dslib.env import REPO_ROOT, outputs_dir
+from dslib.env import REPO_ROOT, outputs_dir, python_path
 from dslib.jobs import params as P
 from dslib.io import write_json_atomic
 from dslib.jobs import tracking
@@ -98,7 +98,7 @@ def _kernel_env(run_dir: Path, given: list[str]) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in (RUN_DIR_VAR, "PYTHONPATH", "MPLBACKEND", P.GIVEN_VAR)}
     os.environ[RUN_DIR_VAR] = str(run_dir.resolve())
     os.environ[P.GIVEN_VAR] = ",".join(given)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), saved["PYTHONPATH"]]))
+    os.environ["PYTHONPATH"] = python_path()
     os.environ.pop("MPLBACKEND", None)  # Agg would stop figures from embedding in the notebook
     try:
         yield

@@ -7,7 +7,7 @@ layers are checkpointed. Here ``apply_checkpointing(model, every=k)`` wraps the 
 of every k-th block (blocks 0, k, 2k, ...) in ``torch.utils.checkpoint.checkpoint``
 (non-reentrant), without touching the model's code: k=1 checkpoints every layer, k=4
 ("recompute every 4 layers") a quarter of them. ``impl="deepspeed"`` wraps the same blocks in
-``deepspeed.checkpointing.checkpoint`` instead (configured by the ranks; dslib.tune.ds_checkpointing).
+``deepspeed.checkpointing.checkpoint`` instead (configured by the ranks; dslib.studies.ds_checkpointing).
 
 The modelled costs use the chapter 02 formulas (dslib.plan.memory.layer_activation_bytes
 and dslib.model.flops.flops_breakdown):

@@ -36,31 +36,3 @@ def shared_parameter_count(config: ModelConfig, group_size: int) -> int:
 def unique_parameter_count(model: nn.Module) -> int:
     """Parameters of ``model`` counted once each (shared and tied tensors once)."""
     return sum(p.numel() for p in model.parameters())
-
-
-def compare_sharing(group_size: int, model: str = "tiny", model_overrides: dict | None = None,
-                    steps: int = 60, batch_size: int = 8, lr: float = 2e-3, seed: int = 0) -> dict[str, dict]:
-    """Train the plain and the MLP-shared model the same steps on the same Markov stream.
-
-    Returns, per variant, its parameter count, losses per step, and the measured peak
-    training memory of a step (dslib.tune.memory.measure, fresh process).
-    """
-    from dslib.model import build_model, load_config
-    from dslib.train import TrainConfig, Trainer
-    from dslib.tune.memory import measure
-    from dslib.tune.synthetic import markov_tokens
-
-    config = load_config(model, **(model_overrides or {}))
-    tokens = markov_tokens(config.vocab_size, (steps + 2) * config.seq_len * batch_size, seed=seed)
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, seq_len=config.seq_len, lr=lr, min_lr=lr / 10,
-                      warmup_steps=min(10, steps), eval_every=0, log_every=steps, use_memory=False,
-                      progress=False, seed=seed)
-    results = {}
-    for name, group in (("plain", None), (f"shared_mlp_x{group_size}", group_size)):
-        net = build_model(config, seed)
-        if group:
-            share_mlp(net, group)
-        losses = Trainer(net, cfg, tokens).fit().losses  # dslib.env.device()
-        peak = measure(model, model_overrides, None, group, batch_size, seed=seed)["peak_MB"]
-        results[name] = {"params": unique_parameter_count(net), "losses": losses, "peak_MB": peak}
-    return results

@@ -15,9 +15,9 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dslib.env import device
+from dslib.env import device, synchronize
 from dslib.model import build_model, load_config
-from dslib.env import synchronize
+from dslib.studies.compression import compare_compression
 
 
 class TimelineHook:
@@ -96,6 +96,4 @@ def overlap_timeline(bucket_caps_mb: list[float], steps: int = 5, model: str = "
 def communication_experiments(powersgd: dict[str, Any], overlap: dict[str, Any]) -> dict[str, Any]:
     """Entry for ``launch``: PowerSGD comparison and overlap timeline on the same ranks (one
     start-up of the ranks instead of two); the kwargs of each entry as dicts."""
-    from dslib.tune.powersgd import compare_compression
-
     return {"powersgd": compare_compression(**powersgd), "overlap": overlap_timeline(**overlap)}

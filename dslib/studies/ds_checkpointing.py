@@ -20,7 +20,7 @@ VARIANTS lists the settings measured here. Each (variant, k) gets its own DeepSp
 every rank over the chapter 03 model with every k-th block checkpointed
 (dslib.tune.checkpointing.apply_checkpointing): steps timed round-robin over the engines with
 the normal allocator, then each engine's peak memory above its state at rest
-(dslib.tune.memory.peak_memory: RSS that follows the tensors on a CPU, the CUDA allocator's
+(dslib.train.memory.peak_memory: RSS that follows the tensors on a CPU, the CUDA allocator's
 peak on a GPU). A variant that raises is recorded with its error.
 """
 from __future__ import annotations
@@ -160,7 +160,7 @@ def sweep_rank(ds_config: dict[str, Any], runs: list[tuple[str, int | None]], mo
     then each engine's peak memory over ``steps`` steps, the others at rest."""
     import time
 
-    from dslib.tune.memory import peak_memory
+    from dslib.train.memory import peak_memory
 
     rows, live = [], []
     for variant, every in runs:
@@ -217,7 +217,7 @@ def checkpoint_sweep(everies: list[int | None], impls: list[str], section_varian
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
         variant_config(ds_config, variant, len(checkpointed_layers(model_cfg.num_layers, every)))
-    rows = launch("dslib.tune.ds_checkpointing:sweep_rank", nprocs=nprocs, timeout=timeout, kwargs=dict(
+    rows = launch("dslib.studies.ds_checkpointing:sweep_rank", nprocs=nprocs, timeout=timeout, kwargs=dict(
         ds_config=ds_config, runs=runs, model=model, model_overrides=model_overrides or {},
         micro_batch=micro_batch, steps=steps, timed_steps=timed_steps, seed=seed))
     plain = rows[0]
@@ -269,7 +269,7 @@ def gradient_check(variants: list[str], every: int = 2, model: str = "tiny",
     from dslib.dist.launch import launch
 
     ds_config = load_ds_config(config, {"train_micro_batch_size_per_gpu": micro_batch}).as_dict()
-    return launch("dslib.tune.ds_checkpointing:gradients_rank", nprocs=nprocs, timeout=timeout, kwargs=dict(
+    return launch("dslib.studies.ds_checkpointing:gradients_rank", nprocs=nprocs, timeout=timeout, kwargs=dict(
         ds_config=ds_config, variants=variants, every=every, model=model,
         model_overrides=model_overrides or {}, micro_batch=micro_batch))
 

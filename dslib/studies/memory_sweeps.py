@@ -1,97 +1,39 @@
-"""Peak training memory and step time of one configuration, each in a fresh process.
+"""Chapter 09's memory sweeps: peak training memory and step time per activation-checkpoint
+interval, and the plain against the MLP-shared model, each configuration in a fresh process.
 
-Why a fresh process: the allocator keeps freed memory, so configurations measured one
-after another in one process would hide each other. Each configuration runs ``python -m
-dslib.tune.memory`` alone, and its steps run inside ``peak_memory``. On a CPU that is
-``rss_follows_tensors``: glibc's mmap threshold is pinned at 64 KiB, so every tensor
-larger than that is mapped on allocation and returned on free (RSS follows the live
-tensors, not the allocator's cache), and the kernel's peak-RSS mark is reset
-(``echo 5 > /proc/self/clear_refs``, Linux >= 4.0), so imports and the warm-up do not
-count: peak RSS (VmHWM) minus the RSS at that moment is the training memory of the steps
-(weights, gradients, AdamW states, activations, temporaries). On a GPU it is the CUDA
-allocator's peak. Fresh mappings are slow, so step times are measured separately, in the
-calling process with the normal allocator. Where configurations must share a process
-(DeepSpeed engines on launched ranks), ``peak_memory`` wraps the measured steps only.
+Why a fresh process: the allocator keeps freed memory, so configurations measured one after
+another in one process would hide each other. Each configuration runs
+``python -m dslib.studies.memory_sweeps`` alone, its steps inside ``peak_memory``
+(dslib.train.memory); step times are measured separately, in the calling process with the
+normal allocator, round-robin over the configurations.
 """
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from dslib.env import REPO_ROOT, device, synchronize
-from dslib.train.step import train_step
+import torch
 
-MB = 1e6
-
-
-def _status_bytes(field: str) -> int:
-    """VmRSS / VmHWM of this process from /proc/self/status (reported in kB)."""
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> int:
-    """Reset the peak-RSS mark to the current RSS; returns that RSS (the baseline)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _status_bytes("VmRSS")
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
-
-
-@contextmanager
-def rss_follows_tensors() -> Iterator[Callable[[], int]]:
-    """Inside: allocations over 64 KiB are mapped on allocation and returned on free, so RSS
-    follows the live tensors; yields a function giving the peak RSS above the RSS at entry.
-
-    Heap memory freed before entry is returned first (malloc_trim). On exit, large
-    allocations come from the heap again and stay there (fast), until the next entry.
-    """
-    libc = ctypes.CDLL(None)
-    gc.collect()
-    libc.malloc_trim(0)
-    libc.mallopt(M_MMAP_THRESHOLD, 64 << 10)
-    baseline = _reset_peak()
-    try:
-        yield lambda: _status_bytes("VmHWM") - baseline
-    finally:
-        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
-        libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
-
-
-@contextmanager
-def peak_memory(device) -> Iterator[Callable[[], int]]:
-    """Peak tensor memory above the memory at entry: the CUDA allocator's statistics on a GPU,
-    ``rss_follows_tensors`` on a CPU."""
-    import torch
-
-    if device.type != "cuda":
-        with rss_follows_tensors() as peak:
-            yield peak
-        return
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    baseline = torch.cuda.memory_allocated(device)
-    yield lambda: torch.cuda.max_memory_allocated(device) - baseline
+from dslib.data.synthetic import markov_tokens
+from dslib.env import device, python_path, synchronize
+from dslib.model import build_model, load_config
+from dslib.train import TrainConfig, Trainer
+from dslib.train.memory import peak_memory
+from dslib.train.step import OptimizerStepper, train_step
+from dslib.tune.checkpointing import apply_checkpointing, modelled_activation_bytes, modelled_recompute_overhead
+from dslib.tune.sharing import share_mlp, unique_parameter_count
+from dslib.units import MB
 
 
 def measure_in_this_process(model: str, model_overrides: dict[str, Any], checkpoint_every: int | None,
                             share_group: int | None, batch_size: int, steps: int, seed: int) -> dict[str, Any]:
     """Build, tune and train ``steps`` steps (>= 2: the second is the first with AdamW states
     and activations alive together); peak memory above the pre-model baseline."""
-    from dslib.tune.sharing import unique_parameter_count
-
     # a first step loads kernels, thread pools and lazy caches (~100 MB, whatever the model):
     # run it on a throw-away copy, free it, then start counting
     args = (model, model_overrides, checkpoint_every, share_group, batch_size, seed)
@@ -109,13 +51,6 @@ def _tuned_setup(model: str, model_overrides: dict[str, Any], checkpoint_every: 
                  share_group: int | None, batch_size: int, seed: int):
     """(model, batch, stepper) of one configuration: the model seeded, tuned, on the device; a
     batch of random tokens as inputs and targets; AdamW."""
-    import torch
-
-    from dslib.model import build_model, load_config
-    from dslib.train.step import OptimizerStepper
-    from dslib.tune.checkpointing import apply_checkpointing
-    from dslib.tune.sharing import share_mlp
-
     config = load_config(model, **model_overrides)
     net = build_model(config, seed)
     if share_group:
@@ -162,9 +97,8 @@ _measured: dict[str, dict[str, Any]] = {}
 
 
 def _measure_fresh(args: dict[str, Any], timeout: float) -> dict[str, Any]:
-    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, "-m", "dslib.tune.memory", json.dumps(args)], env=env,
+    env = dict(os.environ, PYTHONPATH=python_path())
+    proc = subprocess.run([sys.executable, "-m", "dslib.studies.memory_sweeps", json.dumps(args)], env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"memory measurement {args} failed:\n{proc.stderr[-3000:]}")
@@ -175,9 +109,6 @@ def checkpoint_sweep(everies: list[int | None], model: str = "tiny", model_overr
                      batch_size: int = 8, timed_steps: int = 3) -> list[dict[str, Any]]:
     """Measured peak (fresh process) and step time (here) for each ``every`` (None: no
     checkpointing), next to the modelled activation bytes and recompute overhead."""
-    from dslib.model import load_config
-    from dslib.tune.checkpointing import modelled_activation_bytes, modelled_recompute_overhead
-
     config = load_config(model, **(model_overrides or {}))
     with ThreadPoolExecutor(max_workers=2) as pool:  # two fresh processes at a time: peaks are per process
         rows = list(pool.map(lambda every: measure(model, model_overrides, every, None, batch_size), everies))
@@ -192,6 +123,29 @@ def checkpoint_sweep(everies: list[int | None], model: str = "tiny", model_overr
         row["modelled_activations_MB"] = modelled_activation_bytes(config, batch_size, row["checkpoint_every"]) / MB
         row["modelled_recompute"] = modelled_recompute_overhead(config, row["checkpoint_every"])
     return rows
+
+
+def compare_sharing(group_size: int, model: str = "tiny", model_overrides: dict | None = None,
+                    steps: int = 60, batch_size: int = 8, lr: float = 2e-3, seed: int = 0) -> dict[str, dict]:
+    """Train the plain and the MLP-shared model the same steps on the same Markov stream.
+
+    Returns, per variant, its parameter count, losses per step, and the measured peak
+    training memory of a step (``measure``, fresh process).
+    """
+    config = load_config(model, **(model_overrides or {}))
+    tokens = markov_tokens(config.vocab_size, (steps + 2) * config.seq_len * batch_size, seed=seed)
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, seq_len=config.seq_len, lr=lr, min_lr=lr / 10,
+                      warmup_steps=min(10, steps), eval_every=0, log_every=steps, use_memory=False,
+                      progress=False, seed=seed)
+    results = {}
+    for name, group in (("plain", None), (f"shared_mlp_x{group_size}", group_size)):
+        net = build_model(config, seed)
+        if group:
+            share_mlp(net, group)
+        losses = Trainer(net, cfg, tokens).fit().losses  # dslib.env.device()
+        peak = measure(model, model_overrides, None, group, batch_size, seed=seed)["peak_MB"]
+        results[name] = {"params": unique_parameter_count(net), "losses": losses, "peak_MB": peak}
+    return results
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The whole book in one run (notebook 11): data pipeline -> tokenizer -> packed shards ->
 training with the chapters' choices -> evaluation -> model card.
 
-One config, configs/end_to_end.yaml (dslib.end_to_end_config: validated before any work,
+One config, configs/end_to_end.yaml (dslib.studies.end_to_end_config: validated before any work,
 flat names override it).
 Every stage is the chapter's own code:
   data       dslib.data.sources -> dslib.data.pipeline (configs/data/<pipeline>.yaml; every
@@ -23,7 +23,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from dslib.end_to_end_config import SECTIONS, EndToEndConfig, load_config, parameter_names
+from dslib.studies.end_to_end_config import SECTIONS, EndToEndConfig, load_config, parameter_names
 
 __all__ = ["SECTIONS", "Corpus", "EndToEndConfig", "Evaluation", "Trained", "check_beats_unigram", "evaluate",
            "load_config", "model_card", "parameter_names", "prepare_data", "train"]
@@ -60,6 +60,7 @@ def prepare_data(cfg: EndToEndConfig, out_dir: str | Path) -> Corpus:
     """Sources -> pipeline (funnel and rejected documents under out_dir/data) -> tokenizer ->
     shards. The tokenizer learns from the training documents only."""
     from dslib.data import config as pipeline_config
+    from dslib.data.governance import build_steps
     from dslib.data.pipeline import column, run_pipeline
     from dslib.data.shards import build_shards, split_documents
     from dslib.data.tokenizer import get_tokenizer
@@ -68,7 +69,7 @@ def prepare_data(cfg: EndToEndConfig, out_dir: str | Path) -> Corpus:
     d = cfg.data
     docs = datasets.concatenate_datasets([source_documents(n, limit, d.chunk_words) for n, limit in d.sources.items()])
     pipeline = pipeline_config.load_config(d.pipeline)
-    kept = run_pipeline(docs, pipeline_config.build_steps(pipeline), Path(out_dir) / "data", pipeline.num_proc)
+    kept = run_pipeline(docs, build_steps(pipeline), Path(out_dir) / "data", pipeline.num_proc)
     texts, labels = column(kept.kept, "text"), column(kept.kept, "source")
     is_val = split_documents(len(texts), d.val_fraction, cfg.seed)
     tokenizer = get_tokenizer([t for t, val in zip(texts, is_val) if not val], d.vocab_size)
