@@ -4,7 +4,7 @@ side by side on the same documents, shingles and (bands, rows); plus the whole p
 
 Two kinds of documents with known near-duplicate pairs:
 - perturbed: distinct real verses (KJV/ASV/WEB) plus 30% perturbed copies (0-3 random word
-  deletions, duplications or swaps; see dslib.data.nearcheck.perturbed_corpus), each copy a
+  deletions, duplications or swaps; see dslib.studies.data_governance.perturbed_corpus), each copy a
   pair with its source;
 - translations: every verse of KJV and ASV (verse-aligned), the same verse in the two a
   pair (at --translation-threshold, 0.8 by default).
@@ -25,7 +25,8 @@ import time
 
 import numpy as np
 
-from dslib.data import config, dedup, demo, domain, governance, nearcheck, pipeline
+from dslib.data import config, dedup, domain, governance, pipeline
+from dslib.studies import data_governance as study
 from dslib.env import outputs_dir
 
 
@@ -98,15 +99,15 @@ def compare(texts: list[str], known: np.ndarray, threshold: float, num_perm: int
 
 def translation_pairs(versions: tuple[str, ...] = ("kjv", "asv")) -> tuple[list[str], np.ndarray]:
     """Every verse of each version; the same verse in two versions is a known pair."""
-    verses = nearcheck.translation_corpus(10**6, versions)
-    return list(verses.text), nearcheck.known_pairs(verses.verse.values)
+    verses = study.translation_corpus(10**6, versions)
+    return list(verses.text), study.known_pairs(verses.verse.values)
 
 
 def pipeline_run(n_docs: int, work: str) -> dict:
     """clean + quality + exact + near dedup + keyword domain filter over ~n_docs mixed documents."""
     from dslib.data.config import DomainConfig
 
-    ds = demo.mixed_documents(n_docs)
+    ds = study.mixed_documents(n_docs)
     cfg = config.load_config("default")
     t0 = time.perf_counter()
     keyword = domain.DomainFilter.from_config(DomainConfig(kind="domain", mode="keyword", background_source="kjv"))
@@ -122,7 +123,7 @@ def pipeline_run(n_docs: int, work: str) -> dict:
 
 
 def semantic_speed(n_docs: int) -> dict:
-    texts = list(domain.labelled_corpus(n_docs // 3 + 1)["text"])[:n_docs]
+    texts = list(study.labelled_corpus(n_docs // 3 + 1)["text"])[:n_docs]
     scorer = domain.SemanticScorer.hpo()
     _, seconds, cpu = timed(scorer.score, texts)
     return {"docs": len(texts), "seconds": seconds, "cpu_seconds": cpu, "docs_per_s": len(texts) / seconds}
@@ -156,7 +157,7 @@ def main() -> None:
     report = {"num_perm": args.num_perm, "shingle_size": args.shingle_size, "verify": args.verify, "cpus": os.cpu_count(),
               "load_average_1min": os.getloadavg()[0], "near_dedup": [], "translations": []}
     for n in args.sizes:
-        texts, planted = nearcheck.perturbed_corpus(n)
+        texts, planted = study.perturbed_corpus(n)
         report["near_dedup"].append(compare(texts, planted, args.threshold, args.num_perm, args.shingle_size,
                                             n <= args.datasketch_max, args.verify))
         print(report["near_dedup"][-1], flush=True)

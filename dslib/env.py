@@ -21,6 +21,7 @@ OFFLINE_VARS = {
 }
 
 
+BACKEND_VAR = "DSLIB_DIST_BACKEND"
 RUN_DIR_VAR = "DSLIB_RUN_DIR"  # set by dslib.jobs.runner for the kernel of a headless run
 
 
@@ -73,10 +74,11 @@ def outputs_dir() -> Path:
 
 
 def device():
-    """The device every chapter runs on: cuda:LOCAL_RANK when CUDA exists, else cpu."""
+    """The device every chapter runs on: cuda:LOCAL_RANK when CUDA exists (and the backend is
+    not forced to gloo), else cpu."""
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and dist_backend() == "nccl":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 
@@ -104,7 +106,8 @@ def seed_everything(seed: int) -> None:
 
 
 def dist_backend() -> str:
-    """nccl on CUDA, gloo on CPU."""
+    """nccl on CUDA, gloo on CPU; DSLIB_DIST_BACKEND=gloo forces gloo on CPU tensors (a launch of
+    more ranks than there are GPUs, e.g. a loopback measurement on one GPU)."""
     import torch
 
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    return os.environ.get(BACKEND_VAR) or ("nccl" if torch.cuda.is_available() else "gloo")

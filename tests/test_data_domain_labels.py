@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from dslib.data import config, domain, governance, labels, pipeline
+from dslib.studies import data_governance as study
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,8 @@ def test_semantic_scorer_prefers_medical_context():
 
 def test_precision_recall_and_threshold():
     truth = np.array([1, 1, 0, 0], bool)
-    assert domain.precision_recall(np.array([1, 0, 1, 0], bool), truth) == {"precision": 0.5, "recall": 0.5, "f1": 0.5}
-    assert domain.best_threshold(np.array([0.9, 0.8, 0.3, 0.1]), truth) == pytest.approx(0.8)
+    assert study.precision_recall(np.array([1, 0, 1, 0], bool), truth) == {"precision": 0.5, "recall": 0.5, "f1": 0.5}
+    assert study.best_threshold(np.array([0.9, 0.8, 0.3, 0.1]), truth) == pytest.approx(0.8)
 
 
 def test_cohen_kappa_matches_sklearn():

@@ -160,7 +160,7 @@ def test_lsh_pairs_bound_huge_buckets():
 def test_every_true_pair_sharing_a_band_is_found():
     """The same verse in KJV and ASV: a pair over the threshold whose signatures agree on a
     band ends in one cluster (the signatures' estimate, sd ~0.035 here, rejects some of them)."""
-    from dslib.data import nearcheck
+    from dslib.studies import data_governance as nearcheck
 
     verses = nearcheck.translation_corpus(1500, ("kjv", "asv"))
     texts, known = list(verses.text), nearcheck.known_pairs(verses.verse.values)

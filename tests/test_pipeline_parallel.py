@@ -10,7 +10,7 @@ import pytest
 from dslib.model import flops_per_token
 from dslib.parallel import pipeline
 from dslib.parallel.pipeline import PipeRun, pipe_config, pipe_ds_config, run_pipeline
-from dslib.parallel.pipeline_study import (bubble_formula, describe_stages, idle_fraction, layer_flops, run_3d,
+from dslib.studies.pipeline_study import (bubble_formula, describe_stages, idle_fraction, layer_flops, run_3d,
                                            stage_times, train_reference)
 from dslib.data.shards import corpus_shards
 

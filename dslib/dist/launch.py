@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dslib.dist.ports import free_port
-from dslib.env import python_path
+from dslib.env import BACKEND_VAR, python_path
 
 TAIL_LINES = 25
 LAUNCHERS = ("auto", "torchrun", "deepspeed", "srun")
@@ -88,8 +88,11 @@ def in_slurm_allocation() -> bool:
     return "SLURM_JOB_ID" in os.environ and "SLURM_NTASKS" in os.environ
 
 
-def _command(launcher: str, nprocs: int, log_dir: Path, worker_args: list[str]) -> tuple[list[str], dict[str, str]]:
+def _command(launcher: str, nprocs: int, log_dir: Path, worker_args: list[str],
+             backend: str | None = None) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
+    if backend is not None:
+        env[BACKEND_VAR] = backend
     env["PYTHONPATH"] = python_path()
     worker = ["-m", "dslib.dist.worker", *worker_args]
     if launcher == "srun":
@@ -109,12 +112,13 @@ def _command(launcher: str, nprocs: int, log_dir: Path, worker_args: list[str]) 
 
 
 def launch(entry: str, nprocs: int = 2, kwargs: dict[str, Any] | None = None, timeout: float = 300,
-           launcher: str = "auto") -> Any:
+           launcher: str = "auto", backend: str | None = None) -> Any:
     """Run ``entry`` ('package.module:function', called as function(**kwargs)) on ``nprocs`` ranks.
 
     Returns rank 0's return value. ``launcher``: 'torchrun' (local ranks), 'deepspeed' (DeepSpeed's
     launcher, local ranks), 'srun' (ranks of the current Slurm allocation) or 'auto' (srun inside
-    an allocation, else torchrun).
+    an allocation, else torchrun). ``backend``: None for dslib.env's choice (nccl on CUDA, gloo
+    on CPU); "gloo" puts the ranks on CPU tensors, e.g. more ranks than this machine has GPUs.
     """
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
@@ -124,22 +128,23 @@ def launch(entry: str, nprocs: int = 2, kwargs: dict[str, Any] | None = None, ti
         launcher = "srun" if in_slurm_allocation() else "torchrun"
     for _ in range(PORT_RETRIES):
         try:
-            return _launch_once(entry, nprocs, kwargs, timeout, launcher)
+            return _launch_once(entry, nprocs, kwargs, timeout, launcher, backend)
         except LaunchError as error:
             # free_port() releases the port it found before the launcher binds it: another
             # launch (a second notebook, a test) can take it in between; a fresh port fixes that
             if PORT_IN_USE not in str(error):
                 raise
-    return _launch_once(entry, nprocs, kwargs, timeout, launcher)
+    return _launch_once(entry, nprocs, kwargs, timeout, launcher, backend)
 
 
-def _launch_once(entry: str, nprocs: int, kwargs: dict[str, Any] | None, timeout: float, launcher: str) -> Any:
+def _launch_once(entry: str, nprocs: int, kwargs: dict[str, Any] | None, timeout: float, launcher: str,
+                 backend: str | None = None) -> Any:
     with tempfile.TemporaryDirectory(prefix="dslib-launch-") as tmp:
         work = Path(tmp)
         (work / "args.pkl").write_bytes(pickle.dumps(kwargs or {}))
         result_file, log_dir = work / "result.pkl", work / "logs"
         cmd, env = _command(launcher, nprocs, log_dir, ["--entry", entry, "--args-file", str(work / "args.pkl"),
-                                                        "--result-file", str(result_file)])
+                                                        "--result-file", str(result_file)], backend)
         with open(work / "launcher.out", "w") as out, open(work / "launcher.err", "w") as err:
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, start_new_session=True)
             try:

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     from dslib.io import write_bytes_atomic
 
     try:
-        if torch.cuda.is_available():
+        if dist_backend() == "nccl":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group(backend=dist_backend())
         kwargs = pickle.loads(args.args_file.read_bytes())

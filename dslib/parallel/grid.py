@@ -22,10 +22,11 @@ need a separate axis, is not built here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-if TYPE_CHECKING:
-    from dslib.model.config import ModelConfig
+from dslib.env import device
+from dslib.model.config import ModelConfig
+from dslib.viz import new_figure
 
 AXES = ("pp", "dp", "tp")  # slowest to fastest
 
@@ -131,8 +132,6 @@ def build_grid(dp: int, pp: int, tp: int, config: ModelConfig | None = None) -> 
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    from dslib.env import device
-
     layout = validate_grid(dist.get_world_size(), dp, pp, tp, config)
     mesh = init_device_mesh(device().type, (pp, dp, tp), mesh_dim_names=AXES)
     rank = dist.get_rank()
@@ -162,8 +161,6 @@ def draw_grid(layout: GridLayout, ranks_per_node: int | None = None):
     the pipeline's stages land on different nodes: the article's topology advice.
     """
     from matplotlib.patches import FancyBboxPatch, Rectangle
-
-    from dslib.viz import new_figure
 
     per_node = ranks_per_node or layout.world_size
     nodes = -(-layout.world_size // per_node)

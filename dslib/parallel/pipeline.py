@@ -14,7 +14,7 @@ k+1: a recurrence across micro-batches that the schedule would have to serialise
 left) and that no stage-to-stage tensor carries. So each segment is attended on its own here.
 
 Every rank records when each pipeline instruction ran (``ForwardPass``, ``SendActivation``, ...);
-dslib.parallel.pipeline_study turns those timestamps into the load balance per stage and
+dslib.studies.pipeline_study turns those timestamps into the load balance per stage and
 the measured pipeline bubble, compared with GPipe's ``(p - 1) / (m + p - 1)``.
 """
 from __future__ import annotations
@@ -29,10 +29,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dslib.env import synchronize
+from dslib.data.loader import random_windows
+from dslib.data.shards import corpus_shards, load_shards
+from dslib.dist.ds_config import load_ds_config
+from dslib.dist.launch import launch
+from dslib.dist.ops import initialize_engine
+from dslib.dist.worker import resolve_entry
+from dslib.env import dist_backend, synchronize
 from dslib.model import ModelConfig, TransformerXL, load_config, sinusoidal_embedding
 from dslib.model.transformer_xl import Block
-from dslib.dist.ds_config import load_ds_config
+from dslib.parallel.grid import validate_grid
+from dslib.parallel.tensor import check_tensor_parallel, parallelize_block
 
 
 @contextlib.contextmanager
@@ -83,8 +90,6 @@ def tensor_parallel_stage(module: nn.Module, tp_group) -> None:
     embedding, final norm and head stay replicated, so every activation a stage sends is whole."""
     import torch.distributed as dist
 
-    from dslib.parallel.tensor import check_tensor_parallel, parallelize_block
-
     blocks = [layer for layer in module.forward_funcs if isinstance(layer, BlockPipe)]
     for block in blocks:
         check_tensor_parallel(block.config, dist.get_world_size(tp_group))
@@ -123,7 +128,6 @@ def validate(config: ModelConfig, nprocs: int, stages: int, partition_methods: l
              micro_batches: list[int], tensor: int = 1) -> None:
     """Refuse a shape the pipeline cannot run, in this process, before any rank starts.
     The grid (dp=1 x pp=stages x tp=tensor) is checked by dslib.parallel.grid."""
-    from dslib.parallel.grid import validate_grid
 
     validate_grid(nprocs, dp=1, pp=stages, tp=tensor, config=config)
     if any(m < 1 for m in micro_batches):
@@ -150,7 +154,6 @@ def pipe_ds_config(micro_batch: int, micro_batches: int, base: str = "zero0") ->
 def micro_batch_stream(tokens: torch.Tensor, micro: int, micro_batches: int, seq_len: int,
                        seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(inputs, targets) micro-batches: step s's global batch (dslib.data.loader.random_windows) cut into m pieces."""
-    from dslib.data.loader import random_windows
 
     step = 0
     while True:
@@ -202,9 +205,6 @@ def build_engine(config: ModelConfig, ds_config: dict, partition_method: str, se
     import deepspeed
     from deepspeed.pipe import PipelineModule
 
-    from dslib.env import dist_backend
-    from dslib.dist.ops import initialize_engine
-
     deepspeed.init_distributed(dist_backend=dist_backend())  # adopts the launcher's process group
     module = PipelineModule(layers=pipe_layers(config, seed), num_stages=None if topology else stages,
                             topology=topology, loss_fn=lm_loss, partition_method=partition_method)
@@ -242,9 +242,6 @@ def train_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed:
     """
     import torch.distributed as dist
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
-
-    from dslib.data.shards import load_shards
-    from dslib.dist.worker import resolve_entry
 
     tokens = torch.from_numpy(load_shards(shards).tokens("train").astype("int64"))
     edit = None
@@ -284,8 +281,6 @@ def run_pipeline(runs: list[dict], stages: int = 2, micro_batch: int = 2, steps:
     (one launch) with DeepSpeed's pipeline engine. A run: {"config": ModelConfig, "partition_method",
     "micro_batches", "label"}. ``tensor`` > 1 uses PipeModelDataParallelTopology(num_pp=stages,
     num_mp=tensor, num_dp=1) and needs ``transform`` (the tensor-parallel rewrite of each stage)."""
-    from dslib.dist.launch import launch
-    from dslib.data.shards import corpus_shards
 
     nprocs = stages * tensor
     for run in runs:

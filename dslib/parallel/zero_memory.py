@@ -22,6 +22,8 @@ from typing import Iterable
 import psutil
 import torch
 
+from dslib.plan.memory import model_states
+
 MASTER_ATTRS = ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat")
 GRAD_ATTRS = ("averaged_gradients", "grads_in_partition", "grad_partitions_flat_buffer")
 
@@ -109,7 +111,6 @@ def predicted_model_states(n_params: int, stage: int, world_size: int, offload_o
     partition); "peak" and "paper" give the other two readings of chapter 02 for comparison.
     Returns bytes in memory (accelerator + CPU-offloaded) and bytes on NVMe.
     """
-    from dslib.plan.memory import model_states
 
     states = model_states(n_params, optimizer="adamw", precision="fp32", zero_stage=stage,
                           gpus_per_node=world_size, offload_optimizer=offload_optimizer,

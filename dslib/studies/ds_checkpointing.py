@@ -32,8 +32,14 @@ import torch
 import torch.distributed as dist
 
 from dslib.dist.ds_config import DeepSpeedConfig, load_ds_config
+from dslib.dist.launch import launch
+from dslib.dist.ops import initialize_engine
 from dslib.env import device
+from dslib.model import build_model, load_config
+from dslib.train.memory import peak_memory
 from dslib.train.step import EngineStepper, train_step
+from dslib.tune.checkpointing import (apply_checkpointing, checkpoint_input_bytes, checkpointed_layers,
+                                      modelled_activation_bytes, modelled_recompute_overhead)
 
 MB = 1e6
 
@@ -100,9 +106,6 @@ def build_engine(ds_config: dict[str, Any], variant: str, model: str, model_over
                  every: int | None, seed: int):
     """A DeepSpeed engine over the chapter 03 model, every k-th block checkpointed by the variant,
     and the variant's config (for ``configure_checkpointing``)."""
-    from dslib.model import build_model, load_config
-    from dslib.dist.ops import initialize_engine
-    from dslib.tune.checkpointing import apply_checkpointing
 
     v = VARIANTS[variant]
     net = build_model(load_config(model, **model_overrides), seed, device())
@@ -125,7 +128,6 @@ def configure_checkpointing(variant: str, config: dict[str, Any]) -> None:
 def rank_batch(model: str, model_overrides: dict[str, Any], micro_batch: int, seed: int,
                same_on_all_ranks: bool) -> torch.Tensor:
     """This rank's micro-batch of random tokens (the same on every rank when asked)."""
-    from dslib.model import load_config
 
     config = load_config(model, **model_overrides)
     gen = torch.Generator().manual_seed(seed + (0 if same_on_all_ranks else 1 + dist.get_rank()))
@@ -159,8 +161,6 @@ def sweep_rank(ds_config: dict[str, Any], runs: list[tuple[str, int | None]], mo
     are timed round-robin over the engines, so a slow phase of a shared machine hits all alike;
     then each engine's peak memory over ``steps`` steps, the others at rest."""
     import time
-
-    from dslib.train.memory import peak_memory
 
     rows, live = [], []
     for variant, every in runs:
@@ -204,10 +204,6 @@ def checkpoint_sweep(everies: list[int | None], impls: list[str], section_varian
     deepspeed) at every k of ``everies``, and each of ``section_variants`` (activation_checkpointing
     settings) at k = ``section_every``. Per row: mean peak step memory over the ranks, fastest step,
     and the modelled bytes of checkpoint inputs a rank keeps. Configs are validated here."""
-    from dslib.model import load_config
-    from dslib.dist.launch import launch
-    from dslib.tune.checkpointing import (checkpoint_input_bytes, checkpointed_layers, modelled_activation_bytes,
-                                          modelled_recompute_overhead)
 
     runs = [("none", None)] + [(v, k) for v in impls for k in everies if k] \
         + [(v, section_every) for v in section_variants]
@@ -242,8 +238,6 @@ def _gradient_differences(ds_config: dict[str, Any], variant: str, every: int, m
     relative to the plain gradient's max (the engine checkpointed, its gradients ZeRO-partitioned)."""
     from deepspeed.utils import safe_get_full_grad
 
-    from dslib.model import build_model, load_config
-
     same = VARIANTS[variant].model_parallel
     idx = rank_batch(model, model_overrides, micro_batch, seed, same)
     batches = [torch.empty_like(idx) for _ in range(dist.get_world_size())]
@@ -266,7 +260,6 @@ def gradient_check(variants: list[str], every: int = 2, model: str = "tiny",
                    model_overrides: dict[str, Any] | None = None, config: str = "zero2", nprocs: int = 2,
                    micro_batch: int = 2, timeout: float = 300) -> dict[str, dict[str, float]]:
     """Per variant: relative max gradient difference per parameter, checkpointed engine vs plain model."""
-    from dslib.dist.launch import launch
 
     ds_config = load_ds_config(config, {"train_micro_batch_size_per_gpu": micro_batch}).as_dict()
     return launch("dslib.studies.ds_checkpointing:gradients_rank", nprocs=nprocs, timeout=timeout, kwargs=dict(

@@ -23,7 +23,26 @@ from typing import Any
 import datasets
 import numpy as np
 
-from dslib.studies.end_to_end_config import SECTIONS, EndToEndConfig, load_config, parameter_names
+from dslib.data import config as pipeline_config
+from dslib.data.governance import build_steps
+from dslib.data.pipeline import column, run_pipeline
+from dslib.data.shards import build_shards, split_documents
+from dslib.data.sources import load
+from dslib.data.tokenizer import get_tokenizer
+from dslib.env import device, outputs_dir
+from dslib.eval.corpus import chunk_words as cut, held_out
+from dslib.eval.lm import DslibLM
+from dslib.eval.model_card import ModelCard
+from dslib.eval.perplexity import perplexity, unigram_perplexity
+from dslib.eval.prompts import build_suites, evaluate_suites
+from dslib.eval.robustness import robustness_curves
+from dslib.jobs.report import latest_records
+from dslib.model import TransformerXL
+from dslib.optim.lion import Lion
+from dslib.parallel.zero import train_zero
+from dslib.studies.end_to_end_config import EndToEndConfig, SECTIONS, load_config, parameter_names
+from dslib.train import Trainer, seed_everything
+from dslib.tune.checkpointing import apply_checkpointing, checkpointed_layers, remove_checkpointing
 
 __all__ = ["SECTIONS", "Corpus", "EndToEndConfig", "Evaluation", "Trained", "check_beats_unigram", "evaluate",
            "load_config", "model_card", "parameter_names", "prepare_data", "train"]
@@ -45,9 +64,6 @@ class Corpus:
 
 def source_documents(name: str, limit: int | None, chunk_words: int) -> datasets.Dataset:
     """One corpus (columns id, text, source); documents longer than chunk_words are cut."""
-    from dslib.data.pipeline import column
-    from dslib.data.sources import load
-    from dslib.eval.corpus import chunk_words as cut
 
     ds = load(name, limit)
     rows = [(f"{doc_id}#{k}", piece) for doc_id, text in zip(column(ds, "id"), column(ds, "text"))
@@ -59,12 +75,6 @@ def source_documents(name: str, limit: int | None, chunk_words: int) -> datasets
 def prepare_data(cfg: EndToEndConfig, out_dir: str | Path) -> Corpus:
     """Sources -> pipeline (funnel and rejected documents under out_dir/data) -> tokenizer ->
     shards. The tokenizer learns from the training documents only."""
-    from dslib.data import config as pipeline_config
-    from dslib.data.governance import build_steps
-    from dslib.data.pipeline import column, run_pipeline
-    from dslib.data.shards import build_shards, split_documents
-    from dslib.data.tokenizer import get_tokenizer
-    from dslib.eval.corpus import held_out
 
     d = cfg.data
     docs = datasets.concatenate_datasets([source_documents(n, limit, d.chunk_words) for n, limit in d.sources.items()])
@@ -88,18 +98,12 @@ class Trained:
 
 
 def lion_factory(weight_decay: float) -> Any:
-    from dslib.optim.lion import Lion
 
     return lambda groups: Lion(groups, betas=(0.9, 0.99), weight_decay=weight_decay)
 
 
 def train(cfg: EndToEndConfig, corpus: Corpus, run: Any = None) -> Trained:
     """Train with the configured chapter choices; the returned model is on this process."""
-    from dslib.env import device
-    from dslib.model import TransformerXL
-    from dslib.train import Trainer, seed_everything
-    from dslib.parallel.zero import train_zero
-    from dslib.tune.checkpointing import apply_checkpointing, checkpointed_layers, remove_checkpointing
 
     t, model_cfg, train_cfg = cfg.train, cfg.architecture_config(corpus.tokenizer.vocab_size), cfg.recipe()
     start = time.perf_counter()
@@ -130,10 +134,6 @@ class Evaluation:
 
 def evaluate(cfg: EndToEndConfig, corpus: Corpus, model: Any) -> Evaluation:
     """Chapter 10's measures on the held-out documents of every source."""
-    from dslib.eval.lm import DslibLM
-    from dslib.eval.perplexity import perplexity, unigram_perplexity
-    from dslib.eval.prompts import build_suites, evaluate_suites
-    from dslib.eval.robustness import robustness_curves
 
     e, seq_len, tok = cfg.eval, cfg.model.seq_len, corpus.tokenizer
     counts = corpus.train_token_counts()
@@ -178,9 +178,6 @@ def model_card(cfg: EndToEndConfig, corpus: Corpus, trained: Trained, evaluation
                run_dir: str | Path | None = None) -> Any:
     """The run's ModelCard; its claims ledger reads the latest chapter runs under outputs/
     (not ``run_dir``, this run's own record)."""
-    from dslib.env import outputs_dir
-    from dslib.eval.model_card import ModelCard
-    from dslib.jobs.report import latest_records
 
     t, m, result = cfg.train, cfg.model, trained.result
     tail = result.losses[-max(1, len(result.losses) // 10):]

@@ -13,7 +13,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dslib.configs import config_path, validation_message
+from dslib.data.config import ConfigError, load_config as load_pipeline
+from dslib.data.sources import available
 from dslib.env import REPO_ROOT
+from dslib.model import load_config as load_model_config
+from dslib.train import TrainConfig
 
 CONFIG_DIR = REPO_ROOT / "configs"
 
@@ -32,7 +36,6 @@ class DataSection(_Strict):
     @field_validator("sources")
     @classmethod
     def _known_sources(cls, value: dict[str, int | None]) -> dict[str, int | None]:
-        from dslib.data.sources import available
 
         unknown = sorted(set(value) - set(available()))
         if unknown:
@@ -42,7 +45,6 @@ class DataSection(_Strict):
     @field_validator("pipeline")
     @classmethod
     def _pipeline_loads(cls, value: str) -> str:
-        from dslib.data.config import load_config as load_pipeline
 
         load_pipeline(value)  # a missing or invalid pipeline config fails here, naming its field
         return value
@@ -93,7 +95,6 @@ class EndToEndConfig(_Strict):
         return self
 
     def architecture_config(self, vocab_size: int) -> Any:
-        from dslib.model import load_config as load_model_config
 
         m = self.model
         return load_model_config(m.architecture, vocab_size=vocab_size, hidden_size=m.hidden_size,
@@ -102,7 +103,6 @@ class EndToEndConfig(_Strict):
 
     def recipe(self) -> Any:
         """The recipe's TrainConfig; Lion gets lr * ratio and weight decay / ratio (chapter 08)."""
-        from dslib.train import TrainConfig
 
         t, lion = self.train, self.train.optimizer == "lion"
         lr = t.lr * t.lion_lr_ratio if lion else t.lr
@@ -117,7 +117,6 @@ SECTIONS = {"data": DataSection, "model": ModelSection, "train": TrainSection, "
 
 def load_config(name_or_path: str | Path = "end_to_end", **overrides: Any) -> EndToEndConfig:
     """configs/<name>.yaml (or a path) with flat overrides (``steps=20`` sets train.steps)."""
-    from dslib.data.config import ConfigError
 
     path = config_path(name_or_path, CONFIG_DIR, ".yaml", "end-to-end")
     raw = yaml.safe_load(path.read_text()) or {}

@@ -5,6 +5,7 @@ from typing import Any
 
 from dslib import viz
 from dslib.parallel.zero_memory import predicted_model_states
+from dslib.plan.memory import model_states
 from dslib.studies.zero3 import ZeroResult
 
 MB = 2**20
@@ -102,7 +103,6 @@ CLUSTER_LAYOUTS = (("DP (stage 0)", 0, "none", "none"), ("ZeRO-3", 3, "none", "n
 
 def cluster_prediction(n_params: float, gpus_per_node: int, num_nodes: int = 1) -> list[dict[str, Any]]:
     """The memory model at the article's scale (mixed-precision AdamW): GB per GPU, CPU and NVMe per node."""
-    from dslib.plan.memory import model_states
 
     rows = []
     for name, stage, opt, param in CLUSTER_LAYOUTS:

@@ -17,9 +17,12 @@ from typing import Any
 
 import torch
 
+from dslib.data.shards import corpus_shards, load_shards
+from dslib.env import device
 from dslib.model import ModelConfig, TransformerXL, flops_breakdown
 from dslib.parallel.pipeline import (BlockPipe, EmbeddingPipe, PipeRun, micro_batch_stream, pipe_config,
                                      pipe_ds_config, run_pipeline)
+from dslib.train.step import OptimizerStepper, train_step
 
 STAGE_WORK = ("ForwardPass", "BackwardPass")  # the instructions that compute
 SHORT = {"EmbeddingPipe": "E", "BlockPipe": "B", "LayerNorm": "N", "EmbeddingPipe(head)": "H"}
@@ -147,9 +150,6 @@ def reference_model(config: ModelConfig, seed: int) -> TransformerXL:
 def train_reference(config: ModelConfig, ds_config: dict, shards: str, steps: int, seed: int = 0) -> list[float]:
     """The same training in one process, no pipeline: TransformerXL with the pipeline's initial
     weights, the config's AdamW, the same micro-batches accumulated per step. Losses per step."""
-    from dslib.data.shards import load_shards
-    from dslib.env import device
-    from dslib.train.step import OptimizerStepper, train_step
 
     model = reference_model(config, seed).to(device())
     params = {k: v for k, v in ds_config["optimizer"]["params"].items() if k != "torch_adam"}
@@ -165,7 +165,6 @@ def run_3d(model: str = "tiny", model_overrides: dict | None = None, pipeline: i
            micro_batches: int = 4, micro_batch: int = 2, steps: int = 10, seed: int = 0,
            token_docs: int = 2000, timeout: float = 600) -> dict[str, Any]:
     """dp=1 x pp=pipeline x tp=tensor training against the single-process run: both loss curves."""
-    from dslib.data.shards import corpus_shards
 
     config = pipe_config(model, **(model_overrides or {}))
     run = run_pipeline([{"config": config, "partition_method": "type:BlockPipe", "micro_batches": micro_batches,

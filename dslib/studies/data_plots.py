@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dslib.data.dedup import candidate_probability
 from dslib.data.pipeline import Funnel
 from dslib.viz import new_figure
 
@@ -45,8 +46,6 @@ def funnel(f: Funnel) -> Any:
 
 def jaccard_distribution(jaccard: np.ndarray, accepted: np.ndarray, threshold: float, bands: int, rows: int,
                          known_jaccard: np.ndarray | None = None) -> Any:
-    from dslib.data.dedup import candidate_probability
-
     fig, axes = new_figure(2)
     ax, ax_s = axes[0]
     bins = np.linspace(0, 1, 41)

@@ -14,11 +14,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dslib.dist.launch import launch
 from dslib.env import device, synchronize
 from dslib.model import TransformerXL, load_config
 from dslib.parallel import tensor
 from dslib.parallel.grid import build_grid, validate_grid
-from dslib.dist.launch import launch
+from dslib.parallel.sequence import SAVED_OBSERVERS, check_sequence_parallel, parallelize_sequence
 
 
 def _model_and_batches(model: str, batch_size: int, segments: int, seed: int,
@@ -94,7 +95,7 @@ def tp_equality(nprocs: int = 2, paths: tuple[str, ...] = ("explicit", "dtensor"
                 batch_size: int = 2, segments: int = 2, overrides: dict | None = None,
                 timeout: float = 180) -> list[dict[str, Any]]:
     validate_grid(nprocs, 1, 1, nprocs, load_config(model, **(overrides or {})))  # before any rank starts
-    return launch("dslib.parallel.tp_study:tp_equality_rank", nprocs,
+    return launch("dslib.studies.tp_study:tp_equality_rank", nprocs,
                   dict(paths=tuple(paths), model=model, batch_size=batch_size, segments=segments,
                        overrides=overrides), timeout=timeout)
 
@@ -140,7 +141,6 @@ def tp_step_time_rank(model: str = "tiny", batch_size: int = 2, steps: int = 3,
 def saved_activation_bytes(net: torch.nn.Module, batches: list) -> tuple[int, tuple]:
     """forward_backward, counting the bytes of distinct tensors autograd saved for backward
     (storages, so views count once; parameters excluded). Returns (bytes, its result)."""
-    from dslib.parallel.sequence import SAVED_OBSERVERS
 
     param_storages = {p.untyped_storage().data_ptr() for p in net.parameters()}
     saved: dict[int, int] = {}
@@ -164,7 +164,6 @@ def sp_study_rank(model: str = "tiny", batch_size: int = 2, segments: int = 2, s
                   overrides: dict | None = None) -> dict[str, Any]:
     """Saved activations per rank for 1 process, tensor parallel and tensor + sequence
     parallel over all ranks; the sequence-parallel run's diffs against the single process."""
-    from dslib.parallel.sequence import parallelize_sequence
 
     reference, batches = _model_and_batches(model, batch_size, segments, seed, overrides)
     single_bytes, (ref_logits, ref_loss) = saved_activation_bytes(reference, batches)
@@ -193,13 +192,12 @@ def sp_study_rank(model: str = "tiny", batch_size: int = 2, segments: int = 2, s
 def sp_study(sizes: list[int], model: str = "tiny", batch_size: int = 2, segments: int = 2,
              overrides: dict | None = None, timeout: float = 240) -> list[dict[str, Any]]:
     """sp_study_rank for each group size (each a separate launch)."""
-    from dslib.parallel.sequence import check_sequence_parallel
 
     config = load_config(model, **(overrides or {}))
     for size in sizes:  # every shape checked before the first rank starts
         validate_grid(size, 1, 1, size, config)
         check_sequence_parallel(config, size)
-    return [launch("dslib.parallel.tp_study:sp_study_rank", size,
+    return [launch("dslib.studies.tp_study:sp_study_rank", size,
                    dict(model=model, batch_size=batch_size, segments=segments, overrides=overrides),
                    timeout=timeout) for size in sizes]
 
@@ -215,13 +213,12 @@ def chapter_rank(model: str = "tiny", overrides: dict | None = None, batch_size:
 def chapter_studies(sizes: list[int], model: str = "tiny", overrides: dict | None = None, batch_size: int = 2,
                     segments: int = 2, timing_steps: int = 3, timeout: float = 300) -> dict[int, dict[str, Any]]:
     """chapter_rank per group size (one launch each); every shape is checked first."""
-    from dslib.parallel.sequence import check_sequence_parallel
 
     config = load_config(model, **(overrides or {}))
     for size in sizes:
         validate_grid(size, 1, 1, size, config)
         check_sequence_parallel(config, size)
-    return {size: launch("dslib.parallel.tp_study:chapter_rank", size,
+    return {size: launch("dslib.studies.tp_study:chapter_rank", size,
                          dict(model=model, overrides=overrides, batch_size=batch_size, segments=segments,
                               timing_steps=timing_steps), timeout=timeout)
             for size in sizes}
