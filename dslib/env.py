@@ -1,12 +1,13 @@
 """The one place that decides the process environment: offline mode, op cache, device.
 
 Every path (notebooks, launcher workers, tests) goes through these functions,
-so CPU/gloo versus CUDA/nccl is chosen here and nowhere else.
+so CPU/gloo versus CUDA/nccl is chosen here and nowhere else. Importing dslib calls
+``set_offline``, which only sets environment defaults (each documented there, none
+overriding what a user set); nothing else in dslib acts at import.
 """
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,15 +46,9 @@ def set_offline() -> None:
     # the executed notebook keeps their first frame, "0/103"; dslib's bars print lines instead.
     if headless():
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    # DeepSpeed's C++ ops JIT-compile on first use (30-210 s each): keep them in one
-    # persistent folder so notebooks, tests and CI in one checkout compile them once.
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
-    # The build tools come from this interpreter's environment first: ninja rebuilds every
-    # cached op when its own command line changes, which a different ninja on PATH (system
-    # versus venv, activated or not) does.
-    bin_dir = str(Path(sys.executable).parent)
-    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
-        os.environ["PATH"] = os.pathsep.join(filter(None, [bin_dir, os.environ.get("PATH")]))
+    # DeepSpeed's C++ ops build in this checkout's folder when the per-user op cache misses
+    # (dslib.dist.ops), not in torch's default, shared by every venv of the user.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_root() / "torch_extensions"))
 
 
 def python_path() -> str:
@@ -62,9 +57,14 @@ def python_path() -> str:
     return os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
 
+def cache_root() -> Path:
+    """Project cache (tokenizers, shards, op builds): DSLIB_CACHE or <repo>/.cache."""
+    return Path(os.environ.get("DSLIB_CACHE", REPO_ROOT / ".cache"))
+
+
 def cache_dir() -> Path:
-    """Project cache (tokenizers, op builds): DSLIB_CACHE or <repo>/.cache."""
-    path = Path(os.environ.get("DSLIB_CACHE", REPO_ROOT / ".cache"))
+    """``cache_root()``, created when missing (for a caller about to write there)."""
+    path = cache_root()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -103,6 +103,14 @@ def is_built(op: str) -> bool:
     return cached_library(op).exists()
 
 
+def use_interpreter_tools() -> None:
+    """Put this interpreter's bin folder first on PATH before a build: ninja rebuilds every op
+    whose command line changed, which a different ninja (system versus venv) changes."""
+    bin_dir = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = os.pathsep.join(filter(None, [bin_dir, os.environ.get("PATH")]))
+
+
 def build(op: str) -> tuple[float, bool]:
     """Make the op available: (seconds it took, whether it came from the cache). A cache miss
     compiles it with DeepSpeed's own builder and stores the library under its key."""
@@ -112,6 +120,7 @@ def build(op: str) -> tuple[float, bool]:
         return time.perf_counter() - start, True
     from torch.utils.cpp_extension import _get_build_directory
 
+    use_interpreter_tools()
     _builder(op).load(verbose=False)
     built = Path(_get_build_directory(op, verbose=False)) / f"{op}.so"
     with atomic_path(target) as tmp:  # another checkout building the same op at once finds a whole file
@@ -222,6 +231,7 @@ def initialize_engine(model, config: dict, model_parameters=None, **kwargs):
     import deepspeed
 
     skip_shm_comm()
+    use_interpreter_tools()  # a cache miss makes DeepSpeed build the op here, with these tools
     preload()
     nvme = offloads_params_to_nvme(config)
     if nvme:
