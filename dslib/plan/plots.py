@@ -6,8 +6,7 @@ from typing import Any
 import numpy as np
 
 from dslib.plan import comm
-
-GB = 1e9
+from dslib.units import GB
 
 
 def plot_memory_stacks(ax: Any, stacks: dict[str, dict[str, float]], title: str,

@@ -40,8 +40,8 @@ from dslib.train.memory import peak_memory
 from dslib.train.step import EngineStepper, train_step
 from dslib.tune.checkpointing import (apply_checkpointing, checkpoint_input_bytes, checkpointed_layers,
                                       modelled_activation_bytes, modelled_recompute_overhead)
+from dslib.units import MB
 
-MB = 1e6
 
 
 @dataclass(frozen=True)

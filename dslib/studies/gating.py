@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from dslib.data.loader import StreamLoader
+from dslib.env import synchronize
 from dslib.model.config import GateConfig
 from dslib.model.gate import DynamicGate
 from dslib.model.transformer_xl import TransformerXL
@@ -80,8 +81,7 @@ def train_gated(base: TransformerXL, penalty: float | None, cfg: TrainConfig, tr
 def _timed_forward(model: TransformerXL, idx, targets, mems) -> tuple[float, object]:
     start = time.perf_counter()
     out = model(idx, mems=mems, targets=targets)
-    if idx.device.type == "cuda":
-        torch.cuda.synchronize(idx.device)
+    synchronize(idx.device)
     return time.perf_counter() - start, out
 
 

@@ -7,8 +7,8 @@ from dslib import viz
 from dslib.parallel.zero_memory import predicted_model_states
 from dslib.plan.memory import model_states
 from dslib.studies.zero3 import ZeroResult
+from dslib.units import MiB
 
-MB = 2**20
 COMPONENTS = ("params", "grads", "master", "optimizer")
 
 
@@ -30,15 +30,15 @@ def summary_row(result: ZeroResult) -> dict[str, Any]:
     return {
         "run": label(result), "config": result.config, "ranks": result.world_size,
         "final_loss": result.losses[-1], "step_s": result.step_time,
-        **{f"{c}_MB": mem[c] / MB for c in COMPONENTS},
-        "states_in_memory_MB": result.model_state_bytes / MB,
-        "predicted_in_memory_MB": predicted["in_memory"] / MB,
-        "params_on_nvme_MB": mem["params_nvme"] / MB,
-        "predicted_nvme_MB": predicted["nvme"] / MB,
-        "nvme_files_MB": result.nvme_bytes[0] / MB,
+        **{f"{c}_MiB": mem[c] / MiB for c in COMPONENTS},
+        "states_in_memory_MiB": result.model_state_bytes / MiB,
+        "predicted_in_memory_MiB": predicted["in_memory"] / MiB,
+        "params_on_nvme_MiB": mem["params_nvme"] / MiB,
+        "predicted_nvme_MiB": predicted["nvme"] / MiB,
+        "nvme_files_MiB": result.nvme_bytes[0] / MiB,
         "states_total_vs_model": measured_total / predicted_total,
         **{f"states_total_vs_{acc}": measured_total / (o["in_memory"] + o["nvme"]) for acc, o in other.items()},
-        "rss_MB": result.process[0]["rss"] / MB,
+        "rss_MiB": result.process[0]["rss"] / MiB,
     }
 
 
@@ -57,20 +57,20 @@ def plot_memory(results: list[ZeroResult]):
     xs = range(len(rows))
     bottom = [0.0] * len(rows)
     for component in COMPONENTS + ("params_on_nvme",):
-        key = f"{component}_MB"
+        key = f"{component}_MiB"
         heights = [row[key] for row in rows]
         ax_states.bar([x - 0.2 for x in xs], heights, 0.4, bottom=bottom, label=f"measured {component}",
                       hatch="//" if component == "params_on_nvme" else None)
         bottom = [b + h for b, h in zip(bottom, heights)]
-    predicted = [row["predicted_in_memory_MB"] + row["predicted_nvme_MB"] for row in rows]
+    predicted = [row["predicted_in_memory_MiB"] + row["predicted_nvme_MiB"] for row in rows]
     ax_states.bar([x + 0.2 for x in xs], predicted, 0.4, color="lightgray", edgecolor="black",
                   label="chapter 02 model")
-    ax_states.set_ylabel("model states per rank (MB)")
+    ax_states.set_ylabel("model states per rank (MiB)")
     ax_states.set_xticks(list(xs), [row["run"] for row in rows], rotation=30, ha="right", fontsize=8)
     ax_states.set_ylim(0, max(bottom + predicted) * 1.45)  # headroom for the legend
     ax_states.legend(fontsize=7, ncol=3, loc="upper center")
-    ax_rss.bar(list(xs), [row["rss_MB"] for row in rows], color="tab:purple")
-    ax_rss.set_ylabel("process RSS, rank 0 (MB)")
+    ax_rss.bar(list(xs), [row["rss_MiB"] for row in rows], color="tab:purple")
+    ax_rss.set_ylabel("process RSS, rank 0 (MiB)")
     ax_rss.set_xticks(list(xs), [row["run"] for row in rows], rotation=30, ha="right", fontsize=8)
     fig.tight_layout()
     return fig

@@ -18,6 +18,8 @@ import gc
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from dslib.env import synchronize
+
 
 def _status_bytes(field: str) -> int:
     """VmRSS / VmHWM of this process from /proc/self/status (reported in kB)."""
@@ -67,7 +69,7 @@ def peak_memory(device) -> Iterator[Callable[[], int]]:
         with rss_follows_tensors() as peak:
             yield peak
         return
-    torch.cuda.synchronize(device)
+    synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     baseline = torch.cuda.memory_allocated(device)
     yield lambda: torch.cuda.max_memory_allocated(device) - baseline
