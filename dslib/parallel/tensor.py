@@ -144,6 +144,18 @@ def check_tensor_parallel(config, tp: int) -> None:
             raise ValueError(f"tp={tp} does not divide the model's {field}={getattr(config, field)}")
 
 
+# The plan of a Transformer-XL block, read by both paths: module -> how its Linear is split.
+# "column": output features split (heads of q/k/v and of the relative position projection r,
+# the MLP's up projection); "row": input features split, outputs summed (all-reduce, g).
+TP_PLAN: dict[str, str] = {
+    "attn.q_proj": "column", "attn.k_proj": "column", "attn.v_proj": "column",
+    "attn.r_proj": "column",  # its input (the position embeddings) needs no gradient
+    "attn.o_proj": "row",
+    "mlp.fc_in": "column",
+    "mlp.fc_out": "row",
+}
+
+
 def _split_head_biases(attn: nn.Module, group) -> None:
     attn.num_heads //= dist.get_world_size(group)
     attn.pos_bias_u = _shard(attn.pos_bias_u, 0, group)
@@ -153,13 +165,13 @@ def _split_head_biases(attn: nn.Module, group) -> None:
 def parallelize_block(block: nn.Module, tp_group, sequence_parallel: bool = False) -> nn.Module:
     """Split one transformer_xl.Block's attention (by heads) and MLP across tp_group, in place
     (what a pipeline stage holding some of the blocks calls on each of them)."""
-    attn, mlp = block.attn, block.mlp
-    for name in ("q_proj", "k_proj", "v_proj", "r_proj"):  # r_proj's input needs no gradient
-        setattr(attn, name, ColumnParallelLinear(getattr(attn, name), tp_group))
-    attn.o_proj = RowParallelLinear(attn.o_proj, tp_group, reduce_output=not sequence_parallel)
-    _split_head_biases(attn, tp_group)
-    mlp.fc_in = ColumnParallelLinear(mlp.fc_in, tp_group)
-    mlp.fc_out = RowParallelLinear(mlp.fc_out, tp_group, reduce_output=not sequence_parallel)
+    for path, style in TP_PLAN.items():
+        parent_path, name = path.rsplit(".", 1)
+        parent = block.get_submodule(parent_path)
+        linear = getattr(parent, name)
+        setattr(parent, name, ColumnParallelLinear(linear, tp_group) if style == "column"
+                else RowParallelLinear(linear, tp_group, reduce_output=not sequence_parallel))
+    _split_head_biases(block.attn, tp_group)
     if not sequence_parallel:  # one f per sub-layer, where its input enters the parallel region
         for norm in (block.ln_1, block.ln_2):
             norm.register_forward_hook(lambda _m, _i, out: CopyToParallelRegion.apply(out, tp_group))
@@ -182,9 +194,7 @@ def parallelize_tensor_dtensor(model: nn.Module, tp_mesh) -> nn.Module:
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
     check_tensor_parallel(model.config, tp_mesh.size())
-    plan = {f"attn.{name}": ColwiseParallel() for name in ("q_proj", "k_proj", "v_proj", "r_proj")}
-    plan.update({"attn.o_proj": RowwiseParallel(), "mlp.fc_in": ColwiseParallel(),
-                 "mlp.fc_out": RowwiseParallel()})
+    plan = {path: ColwiseParallel() if style == "column" else RowwiseParallel() for path, style in TP_PLAN.items()}
     for block in model.blocks:
         parallelize_module(block, tp_mesh, plan)
         _split_head_biases(block.attn, tp_mesh.get_group())
