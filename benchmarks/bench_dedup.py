@@ -108,7 +108,7 @@ def pipeline_run(n_docs: int, work: str) -> dict:
     from dslib.data.config import DomainConfig
 
     ds = study.mixed_documents(n_docs)
-    cfg = config.load_config("default")
+    cfg = config.load_pipeline_config("default")
     t0 = time.perf_counter()
     keyword = domain.DomainFilter.from_config(DomainConfig(kind="domain", mode="keyword", background_source="kjv"))
     setup = time.perf_counter() - t0

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dslib.configs import ConfigError
 from dslib.data import clean, config, dedup, files, governance, pipeline, quality
 
 VERSES = [
@@ -194,17 +195,17 @@ def test_union_find_joins_chains():
 def test_bad_config_names_the_field(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("steps:\n  - kind: near_dedup\n    threshold: 1.5\n")
-    with pytest.raises(config.ConfigError, match=r"steps\.0\.near_dedup\.threshold"):
-        config.load_config(path)
-    with pytest.raises(config.ConfigError, match="treshold"):
+    with pytest.raises(ConfigError, match=r"steps\.0\.near_dedup\.threshold"):
+        config.load_pipeline_config(path)
+    with pytest.raises(ConfigError, match="treshold"):
         config.parse_config({"steps": [{"kind": "near_dedup", "treshold": 0.5}]})
-    with pytest.raises(config.ConfigError, match="bands"):
+    with pytest.raises(ConfigError, match="bands"):
         config.parse_config({"steps": [{"kind": "near_dedup", "bands": 20, "rows": 10}]})
 
 
 def test_shipped_configs_validate():
     for name in ("default", "medical"):
-        assert config.load_config(name).steps
+        assert config.load_pipeline_config(name).steps
 
 
 # ---- the user's files --------------------------------------------------------------------

@@ -2,10 +2,10 @@
 torch's counter, config errors, training on real tokens, speculative decoding, the dense baseline."""
 import pytest
 import torch
-from pydantic import ValidationError
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from dslib.configs import ConfigError
 from dslib.data import sources
 from dslib.data.shards import build_shards
 from dslib.data.tokenizer import get_tokenizer
@@ -185,7 +185,7 @@ def test_dense_baseline_has_the_same_activated_parameters(name, multiple_of):
     ({"n_layers": 2}, "n_layers"),
 ])
 def test_invalid_config_names_the_field(overrides, field):
-    with pytest.raises(ValidationError, match=field):
+    with pytest.raises(ConfigError, match=field):
         load_deepseek_config("deepseek_tiny", **overrides)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dslib.studies import end_to_end
-from dslib.data.config import ConfigError
+from dslib.configs import ConfigError
 from dslib.env import REPO_ROOT
 
 TINY = dict(sources={"kjv": 80, "asv": 40, "hpo": 60}, vocab_size=300, val_fraction=0.2, hidden_size=32,

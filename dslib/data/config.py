@@ -11,29 +11,21 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from dslib.configs import validation_message
+from dslib import configs
+from dslib.configs import Strict
 from dslib.env import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "configs" / "data"
 
 
-class ConfigError(ValueError):
-    pass
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CleanConfig(_Strict):
+class CleanConfig(Strict):
     kind: Literal["clean"]
     nfkc: bool = True
 
 
-class QualityConfig(_Strict):
+class QualityConfig(Strict):
     kind: Literal["quality"] = "quality"
     max_chars: int = Field(100_000, gt=0)
     min_words: int = Field(3, ge=0)
@@ -59,11 +51,11 @@ class QualityConfig(_Strict):
         return self
 
 
-class ExactDedupConfig(_Strict):
+class ExactDedupConfig(Strict):
     kind: Literal["exact_dedup"]
 
 
-class NearDedupConfig(_Strict):
+class NearDedupConfig(Strict):
     kind: Literal["near_dedup"]
     threshold: float = Field(0.7, gt=0, le=1)
     num_perm: int = Field(128, ge=2, le=1024)
@@ -82,7 +74,7 @@ class NearDedupConfig(_Strict):
         return self
 
 
-class DomainConfig(_Strict):
+class DomainConfig(Strict):
     kind: Literal["domain"]
     mode: Literal["keyword", "semantic", "cascade"] = "cascade"
     min_term_chars: int = Field(4, ge=1)  # shorter HPO names/synonyms (acronyms) are ambiguous
@@ -119,7 +111,7 @@ StepConfig = Annotated[Union[CleanConfig, QualityConfig, ExactDedupConfig, NearD
                        Field(discriminator="kind")]
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(Strict):
     num_proc: int = Field(1, ge=1)
     text_field: str = "text"
     max_doc_bytes: int = Field(1_000_000, gt=0)  # larger documents are rejected at read time
@@ -127,18 +119,10 @@ class PipelineConfig(_Strict):
 
 
 def parse_config(data: dict[str, Any], origin: str = "config") -> PipelineConfig:
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(f"{origin}: {validation_message(e)}") from None
+    """A pipeline config from a mapping (e.g. built in a notebook); ``origin`` names it in errors."""
+    return configs.validate(PipelineConfig, data, origin)
 
 
-def load_config(path: str | Path) -> PipelineConfig:
+def load_pipeline_config(name_or_path: str | Path) -> PipelineConfig:
     """A config by path, or by name in configs/data (``"default"`` -> configs/data/default.yaml)."""
-    path = Path(path)
-    if not path.exists() and (CONFIG_DIR / f"{path}.yaml").exists():
-        path = CONFIG_DIR / f"{path}.yaml"
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with a 'steps' list")
-    return parse_config(data, str(path))
+    return configs.load(PipelineConfig, name_or_path, CONFIG_DIR, ".yaml", "data pipeline")

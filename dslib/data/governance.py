@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dslib.data import clean, dedup, domain, quality
-from dslib.data.config import PipelineConfig, load_config
+from dslib.data.config import PipelineConfig, load_pipeline_config
 from dslib.data.files import read_files
 from dslib.data.pipeline import PipelineResult, run_pipeline
 
@@ -27,7 +27,7 @@ def run_files(paths: list[str | Path], config: Any, out_dir: str | Path) -> Pipe
     """Read the user's files and run the configured pipeline on them. ``config``: a
     ``PipelineConfig``, a path, or a name in configs/data. The config is validated and the
     steps are built before any file is read, so a bad config fails before any work."""
-    config = config if isinstance(config, PipelineConfig) else load_config(config)
+    config = config if isinstance(config, PipelineConfig) else load_pipeline_config(config)
     steps = build_steps(config)
     read = read_files(paths, config.text_field, config.max_doc_bytes)
     return run_pipeline(read.dataset(), steps, out_dir, config.num_proc, read.rejected)

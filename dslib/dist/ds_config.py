@@ -18,13 +18,13 @@ The book's configs (JSON has no comments, so they are explained here):
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dslib.configs import config_path, deep_merge
+from dslib import configs
+from dslib.configs import Strict
 from dslib.env import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "configs" / "deepspeed"
@@ -64,12 +64,10 @@ class ZeroSection(BaseModel):
         return self
 
 
-class ActivationCheckpointing(BaseModel):
+class ActivationCheckpointing(Strict):
     """The ``activation_checkpointing`` section. DeepSpeed reads it only when the ranks call
     ``deepspeed.checkpointing.configure(mpu, deepspeed_config=...)`` (``deepspeed.initialize`` does
     not), and checks it there with asserts; here an unknown key or a missing partner fails first."""
-
-    model_config = ConfigDict(extra="forbid")
 
     partition_activations: bool = False        # split each saved checkpoint across the model-parallel group
     cpu_checkpointing: bool = False            # keep the (partitioned) checkpoints in host memory
@@ -110,11 +108,10 @@ class DeepSpeedConfig(BaseModel):
 def load_ds_config(name_or_path: str | Path, overrides: dict | None = None) -> DeepSpeedConfig:
     """configs/deepspeed/<name>.json (or a path) with nested ``overrides`` merged in, validated.
 
-    ``load_ds_config("zero3", {"zero_optimization": {"stage": 5}})`` raises a ValidationError
+    ``load_ds_config("zero3", {"zero_optimization": {"stage": 5}})`` raises a ConfigError
     naming ``zero_optimization.stage``.
     """
-    path = config_path(name_or_path, CONFIG_DIR, ".json", "DeepSpeed")
-    return DeepSpeedConfig(**deep_merge(json.loads(path.read_text()), overrides or {}))
+    return configs.load(DeepSpeedConfig, name_or_path, CONFIG_DIR, ".json", "DeepSpeed", overrides)
 
 
 def engine_config(micro_batch: int, precision: str = "fp32", zero_stage: int = 1,

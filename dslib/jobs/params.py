@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import ast
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from dslib.configs import read_yaml
 from dslib.env import REPO_ROOT
 
 PROFILES_DIR = REPO_ROOT / "configs" / "profiles"
@@ -29,20 +29,6 @@ GIVEN_VAR = "DSLIB_GIVEN_PARAMETERS"  # names the runner injected (profile, -f f
 DEFAULT_PROFILE = "cpu"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML with Python's exponent floats (``1e-3``), which YAML 1.1 leaves as strings."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
-    list("-+.0123456789"))
-
-
-def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
 
 
 class ParameterError(ValueError):
@@ -74,7 +60,7 @@ def profile_overrides(profile: str, stem: str) -> dict[str, Any]:
     path = PROFILES_DIR / f"{profile}.yaml"
     if not path.exists():
         raise ParameterError(f"unknown profile {profile!r}; available: {', '.join(available_profiles())}")
-    sections = _load_yaml(path.read_text()) or {}
+    sections = read_yaml(path.read_text()) or {}
     if not isinstance(sections, dict):
         raise ParameterError(f"{path}: expected a mapping of notebook stem -> parameters")
     merged: dict[str, Any] = {}
@@ -92,7 +78,7 @@ def convert(name: str, raw: Any, default: Any) -> Any:
     if raw is None or (isinstance(raw, str) and target is not str and raw in ("None", "null")):
         return None  # "no value" (e.g. no document limit) is allowed for any parameter
     if default is None:
-        return _load_yaml(raw) if isinstance(raw, str) else raw
+        return read_yaml(raw) if isinstance(raw, str) else raw
     if isinstance(raw, str) and target is not str:
         if target is bool:
             if raw.lower() in _TRUE | _FALSE:
@@ -104,7 +90,7 @@ def convert(name: str, raw: Any, default: Any) -> Any:
             except ValueError:
                 pass  # ".inf" and other YAML spellings, or an error below
         try:
-            raw = _load_yaml(raw)
+            raw = read_yaml(raw)
         except yaml.YAMLError as err:
             raise ParameterError(f"parameter {name!r}: cannot parse {raw!r}: {err}") from None
     if target is float and isinstance(raw, int) and not isinstance(raw, bool):
@@ -128,7 +114,7 @@ def resolve(notebook: str | Path, profile: str = DEFAULT_PROFILE, params_file: s
     defaults = declared_parameters(notebook)
     layers: list[tuple[str, dict[str, Any]]] = [(f"profile {profile!r}", profile_overrides(profile, notebook.stem))]
     if params_file is not None:
-        loaded = _load_yaml(Path(params_file).read_text()) or {}
+        loaded = read_yaml(Path(params_file).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ParameterError(f"{params_file}: expected a mapping of parameter -> value")
         layers.append((str(params_file), loaded))

@@ -8,19 +8,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
-from dslib.configs import config_path, deep_merge
+from dslib import configs
+from dslib.configs import Strict
 from dslib.env import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "configs" / "model"
 
 
-class GateConfig(BaseModel):
+class GateConfig(Strict):
     """The per-layer dynamic gate (chapter 04). Disabled by default."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False
     # aux_loss = penalty * expected fraction of computed (kept) layer evaluations:
@@ -35,10 +33,8 @@ class GateConfig(BaseModel):
     init_keep_logit: float = 3.0
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(Strict):
     """A decoder-only Transformer-XL language model."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = "custom"
     vocab_size: int = Field(gt=0)
@@ -80,7 +76,4 @@ def load_config(name_or_path: str | Path, **overrides: Any) -> ModelConfig:
     Nested sections merge key by key: `load_config("tiny", gate={"enabled": True})`
     keeps the file's other gate settings.
     """
-    path = config_path(name_or_path, CONFIG_DIR, ".yaml", "model")
-    raw = yaml.safe_load(path.read_text()) or {}
-    raw.setdefault("name", path.stem)
-    return ModelConfig(**deep_merge(raw, overrides))
+    return configs.load(ModelConfig, name_or_path, CONFIG_DIR, ".yaml", "model", overrides)

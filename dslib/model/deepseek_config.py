@@ -3,7 +3,7 @@
 One config describes both sides of the chapter's head-to-head: the DeepSeek-style model
 (attention.kind=mla, ffn=moe, mtp.depth>=1) and the dense GPT baseline (attention.kind=mha,
 ffn=dense, mtp.depth=0). Sections: `attention` (MLA or MHA/GQA), `moe` (DeepSeekMoE and its
-router), `mtp` (multi-token prediction). A bad value is a ValidationError naming the field
+router), `mtp` (multi-token prediction). A bad value is a ConfigError (dslib.configs) naming the field
 (`moe.top_k`, `attention.kv_lora_rank`, ...), raised before any tensor exists.
 """
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from dslib.configs import config_path, deep_merge
+from dslib import configs
+from dslib.configs import Strict
 from dslib.model.config import CONFIG_DIR
 
 
@@ -22,10 +22,8 @@ def _field_error(field: str, message: str) -> ValueError:
     return ValueError(f"{field}: {message}")
 
 
-class AttentionConfig(BaseModel):
+class AttentionConfig(Strict):
     """MLA (DeepSeek-V2 section 2.1) or standard multi-head / grouped-query attention, with RoPE."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["mla", "mha"] = "mla"
     num_heads: int = Field(gt=0)
@@ -57,7 +55,7 @@ class AttentionConfig(BaseModel):
         return self.num_kv_heads or self.num_heads
 
 
-class MoEConfig(BaseModel):
+class MoEConfig(Strict):
     """DeepSeekMoE: shared experts + fine-grained routed SwiGLU experts, and the router.
 
     Router variants are combinations of the knobs:
@@ -66,8 +64,6 @@ class MoEConfig(BaseModel):
       aux-loss-free      score_func sigmoid, bias_update_speed (gamma) > 0 (arXiv 2408.15664)
       DeepSeek-V3        sigmoid, gamma 0.001, seq_aux_loss_alpha 0.0001, n_group 8 / topk_group 4
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     n_routed_experts: int = Field(8, gt=0)
     n_shared_experts: int = Field(1, ge=0)
@@ -101,19 +97,15 @@ class MoEConfig(BaseModel):
         return self
 
 
-class MTPConfig(BaseModel):
+class MTPConfig(Strict):
     """Multi-token prediction (DeepSeek-V3 section 2.2): `depth` sequential modules, loss weight lambda."""
-
-    model_config = ConfigDict(extra="forbid")
 
     depth: int = Field(1, ge=0)
     loss_weight: float = Field(0.3, ge=0.0)
 
 
-class DeepSeekConfig(BaseModel):
+class DeepSeekConfig(Strict):
     """A decoder-only DeepSeek-V3-style model, or (mha + dense, no MTP) the dense GPT baseline."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = "custom"
     vocab_size: int = Field(gt=0)
@@ -149,7 +141,4 @@ def load_deepseek_config(name_or_path: str | Path, **overrides: Any) -> DeepSeek
 
     Sections merge key by key: `load_deepseek_config("deepseek_tiny", moe={"top_k": 1})`.
     """
-    path = config_path(name_or_path, CONFIG_DIR, ".yaml", "model")
-    raw = yaml.safe_load(path.read_text()) or {}
-    raw.setdefault("name", path.stem)
-    return DeepSeekConfig(**deep_merge(raw, overrides))
+    return configs.load(DeepSeekConfig, name_or_path, CONFIG_DIR, ".yaml", "model", overrides)

@@ -60,7 +60,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from dslib.configs import Strict
 
 Optimizer = Literal["adamw", "adam", "lion", "sgd", "sgd_momentum"]
 Precision = Literal["fp32", "amp", "mixed"]
@@ -74,10 +76,8 @@ AS_DEEPSPEED: dict[str, bool] = {"stage3_grad_partition": False, "cpu_as_deepspe
 OPTIMIZER_STATE_TENSORS: dict[str, int] = {"adamw": 2, "adam": 2, "lion": 1, "sgd": 0, "sgd_momentum": 1}
 
 
-class MemoryPlan(BaseModel):
+class MemoryPlan(Strict):
     """The inputs of the model-state memory model; a bad value raises a ValidationError naming it."""
-
-    model_config = ConfigDict(extra="forbid")
 
     n_params: int = Field(gt=0, description="total parameters (shared ones counted once)")
     optimizer: Optimizer = "adamw"
@@ -226,10 +226,8 @@ def model_states(n_params: int, **plan_fields) -> ModelStateMemory:
                             cpu_per_node=cpu, nvme_per_node=nvme * node_ranks)
 
 
-class ActivationShape(BaseModel):
+class ActivationShape(Strict):
     """The shape inputs of the activation formula (one rank, no tensor/sequence parallelism)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     seq_len: int = Field(gt=0)
     micro_batch: int = Field(gt=0)

@@ -78,7 +78,7 @@ def prepare_data(cfg: EndToEndConfig, out_dir: str | Path) -> Corpus:
 
     d = cfg.data
     docs = datasets.concatenate_datasets([source_documents(n, limit, d.chunk_words) for n, limit in d.sources.items()])
-    pipeline = pipeline_config.load_config(d.pipeline)
+    pipeline = pipeline_config.load_pipeline_config(d.pipeline)
     kept = run_pipeline(docs, build_steps(pipeline), Path(out_dir) / "data", pipeline.num_proc)
     texts, labels = column(kept.kept, "text"), column(kept.kept, "source")
     is_val = split_documents(len(texts), d.val_fraction, cfg.seed)

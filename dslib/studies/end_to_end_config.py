@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from dslib.configs import config_path, validation_message
-from dslib.data.config import ConfigError, load_config as load_pipeline
+from dslib.configs import ConfigError, Strict, config_path, read_file, validate
+from dslib.data.config import load_pipeline_config
 from dslib.data.sources import available
 from dslib.env import REPO_ROOT
 from dslib.model import load_config as load_model_config
@@ -22,11 +21,9 @@ from dslib.train import TrainConfig
 CONFIG_DIR = REPO_ROOT / "configs"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
-class DataSection(_Strict):
+class DataSection(Strict):
     sources: dict[str, int | None] = Field(min_length=1)
     chunk_words: int = Field(200, gt=0)
     pipeline: str = "default"
@@ -46,11 +43,11 @@ class DataSection(_Strict):
     @classmethod
     def _pipeline_loads(cls, value: str) -> str:
 
-        load_pipeline(value)  # a missing or invalid pipeline config fails here, naming its field
+        load_pipeline_config(value)  # a missing or invalid pipeline config fails here, naming its field
         return value
 
 
-class ModelSection(_Strict):
+class ModelSection(Strict):
     architecture: str = "tiny"
     hidden_size: int = Field(128, gt=0)
     num_layers: int = Field(4, gt=0)
@@ -58,7 +55,7 @@ class ModelSection(_Strict):
     memory_length: int = Field(128, ge=0)
 
 
-class TrainSection(_Strict):
+class TrainSection(Strict):
     zero_stage: Literal[0, 1, 2, 3] = 0
     nprocs: int = Field(2, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -71,7 +68,7 @@ class TrainSection(_Strict):
     launch_timeout_s: float = Field(900, gt=0)
 
 
-class EvalSection(_Strict):
+class EvalSection(Strict):
     ppl_docs: int = Field(60, gt=0)
     prompt_items: int = Field(40, gt=0)
     robust_items: int = Field(12, gt=0)
@@ -80,7 +77,7 @@ class EvalSection(_Strict):
     min_gain_vs_unigram: float = Field(1.5, ge=0)
 
 
-class EndToEndConfig(_Strict):
+class EndToEndConfig(Strict):
     seed: int = 0
     data: DataSection
     model: ModelSection = ModelSection()
@@ -119,7 +116,7 @@ def load_config(name_or_path: str | Path = "end_to_end", **overrides: Any) -> En
     """configs/<name>.yaml (or a path) with flat overrides (``steps=20`` sets train.steps)."""
 
     path = config_path(name_or_path, CONFIG_DIR, ".yaml", "end-to-end")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_file(path)
     owner = {name: section for section, model in SECTIONS.items() for name in model.model_fields}
     for name, value in overrides.items():
         if name in owner:
@@ -128,10 +125,7 @@ def load_config(name_or_path: str | Path = "end_to_end", **overrides: Any) -> En
             raw[name] = value
         else:
             raise ConfigError(f"unknown end-to-end parameter {name!r}; known: {', '.join(parameter_names())}")
-    try:
-        return EndToEndConfig.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(f"{path}: {validation_message(error)}") from None
+    return validate(EndToEndConfig, raw, str(path))
 
 
 def parameter_names() -> list[str]:

@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
+
+from dslib.configs import Strict
 
 OptimizerFactory = Callable[[Iterable[dict[str, Any]]], torch.optim.Optimizer]
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Strict):
     """Everything the loop needs besides the model and the data."""
-
-    model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(200, gt=0)
     batch_size: int = Field(8, gt=0)
