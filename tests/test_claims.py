@@ -222,3 +222,13 @@ def test_no_verdict_is_typed_outside_the_engine():
                 found[f"{path.name} cell {i}"] = hits
     assert not found, f"verdicts typed outside dslib/claims/: {found}"
     assert _verdict_literals('x = f"{a}"; y = " Holds only when "') == [" Holds only when "]  # the check bites
+
+
+def test_the_errata_table_of_the_tour_is_docs_errata():
+    rows = [line for line in (REPO_ROOT / "docs" / "errata.md").read_text().splitlines() if line.startswith("| ")]
+    tour = json.loads((REPO_ROOT / "notebooks" / "00_tour.ipynb").read_text())["cells"]
+    shown = [line for c in tour if c["cell_type"] == "markdown" and "errors" in "".join(c["source"])
+             for line in "".join(c["source"]).splitlines() if line.startswith("| ")]
+    assert len(rows) == 7 and shown == rows  # header + the six errors
+    chapters = {p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb")}
+    assert all(line.rstrip(" |").rsplit("| ", 1)[-1] in chapters for line in rows[1:])

@@ -30,6 +30,7 @@ MEETS, MISSES = "meets", "misses"
 ORIGIN_LABELS = {"smoke": "smoke run", "interactive": "interactive session", "failed": "failed run",
                  "unfinished": "unfinished run", "full": "full run"}
 MAX_LISTED = 6  # condition values listed before "..."
+MAX_COMBOS = 3  # meeting settings listed one by one when several conditions separate them
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def decide(claim: Claim, rows: list[Evidence], counted: tuple[str, ...] = ("full
     n, values = len(deciding), _value_ranges(claim, [row for row, _ in deciding])
     if not met:
         return Decision(DOES_NOT_HOLD, f"none of {n} rows meets {claim.describe()} ({values})", status=status)
-    share = f"{len(met)} of {n} settings ({len(met) / n:.0%})"
+    share = f"{len(met)} of {n} settings ({100 * len(met) / n:.2g}%)"
     if missed:
         when, unless = describe_conditions([r.conditions for r in met], [r.conditions for r in missed])
         return Decision(HOLDS_ONLY_WHEN, f"{share} meet {claim.describe()}; not when {unless} ({values})",
@@ -101,21 +102,31 @@ def _value_ranges(claim: Claim, rows: list[Evidence]) -> str:
 
 def describe_conditions(met: list[dict[str, Any]], missed: list[dict[str, Any]]) -> tuple[str, str]:
     """(conditions of the meeting rows, conditions only the other rows have), e.g.
-    ("micro_batch >= 16", "micro_batch <= 8"). Keys whose values do not separate the two are left out;
-    with no other rows, every key's tested range is given."""
+    ("micro_batch >= 16", "micro_batch <= 8"). Keys whose values do not separate the two are left
+    out; a few meeting rows that differ in several keys are listed one by one; with no other rows,
+    every key's tested range is given."""
     keys = list(dict.fromkeys(k for c in met + missed for k in c))
-    when, unless = [], []
+    when, unless, separating = [], [], []
     for key in keys:
         in_met = {_hashable(c.get(key)) for c in met}
         in_missed = {_hashable(c.get(key)) for c in missed}
         grid = in_met | in_missed
         if not missed or in_met != grid:
             when.append(_span(key, in_met, grid))
+            separating.append(key)
         if in_missed - in_met:
             unless.append(_span(key, in_missed - in_met, grid))
+    combos = list(dict.fromkeys(tuple(_hashable(c.get(k)) for k in separating) for c in met))
+    if missed and len(separating) > 1 and len(combos) <= MAX_COMBOS:
+        when = [" or ".join("(" + ", ".join(f"{k} = {_text(v)}" for k, v in zip(separating, combo)) + ")"
+                            for combo in combos)]
     if missed and not when:  # no single condition separates them: an interaction of several
         when = [f"in {len(met)} combinations of {', '.join(keys)}" if keys else "in some runs"]
-    return " and ".join(when), " and ".join(unless) or "the other settings of the same ranges"
+    return " and ".join(when), " or ".join(unless) or "the other settings of the same ranges"
+
+
+def _text(value: Any) -> str:
+    return "none" if value is None else f"{value:g}" if _is_number(value) else str(value)
 
 
 def _hashable(value: Any) -> Any:
@@ -139,9 +150,9 @@ def _span(key: str, values: set, grid: set) -> str:
             if lo == ordered[0] and hi != ordered[-1]:
                 return f"{key} <= {hi:g}"
             return f"{lo:g} <= {key} <= {hi:g}"
-        shown = [f"{v:g}" for v in chosen]
+        shown = [_text(v) for v in chosen]
     else:
-        shown = sorted("none" if v is None else str(v) for v in values)
+        shown = sorted(_text(v) for v in values)
     if len(shown) == 1:
         return f"{key} = {shown[0]}"
     listed = ", ".join(shown[:MAX_LISTED]) + (", ..." if len(shown) > MAX_LISTED else "")
