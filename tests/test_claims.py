@@ -232,3 +232,14 @@ def test_the_errata_table_of_the_tour_is_docs_errata():
     assert len(rows) == 7 and shown == rows  # header + the six errors
     chapters = {p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb")}
     assert all(line.rstrip(" |").rsplit("| ", 1)[-1] in chapters for line in rows[1:])
+
+
+def test_the_engine_imports_only_the_base_helpers():
+    """dslib.claims sits above eval and below the studies: dslib.env, dslib.configs and itself."""
+    allowed = ("dslib.claims", "dslib.env", "dslib.configs")
+    for path in (REPO_ROOT / "dslib" / "claims").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                assert not name.startswith("dslib") or name.startswith(allowed), f"{path.name} imports {name}"

@@ -8,13 +8,14 @@ the claims of configs/claims.yaml; the claims engine (dslib.claims) turns them i
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from dslib import claims
 from dslib.env import outputs_dir
@@ -57,7 +58,8 @@ class Run:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     figures: list[dict[str, str]] = field(default_factory=list)
-    evidence_rows: list[claims.Evidence] = field(default_factory=list)
+    evidence_rows: dict[tuple, claims.Evidence] = field(default_factory=dict)  # by claim, conditions, kind
+    _held: bool = field(default=False, repr=False)
 
     @property
     def figures_dir(self) -> Path:
@@ -95,19 +97,32 @@ class Run:
         averages over, and whether it is the chapter's own default setting. Never a verdict: the
         claims engine decides. A row with the same claim, conditions and kind replaces the old one."""
         row = claims.make_evidence(claim_id, value, unit, conditions, kind, seeds, default, note)
-        self.evidence_rows = [r for r in self.evidence_rows if r.key() != row.key()] + [row]
+        self.evidence_rows[row.key()] = row
         self._save()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator["Run"]:
+        """Write metrics.json once at the end of the block instead of after every call (a grid
+        of hundreds of evidence rows)."""
+        self._held = True
+        try:
+            yield self
+        finally:
+            self._held = False
+            self._save()
 
     def verdicts(self) -> list[dict[str, str]]:
         """The engine's verdict on each claim this run has rows for, from these rows alone."""
         return claims.preview(read_record(self.run_dir), self.run_dir)
 
     def _save(self) -> None:
+        if self._held:
+            return
         path = self.run_dir / METRICS_FILE
         record = json.loads(path.read_text()) if path.exists() else {}
         record.pop("claims", None)  # the verdicts older records typed by hand
         record.update(stem=self.stem, metrics=self.metrics, tables=self.tables,
-                      figures=self.figures, evidence=[r.stored() for r in self.evidence_rows])
+                      figures=self.figures, evidence=[r.stored() for r in self.evidence_rows.values()])
         write_json_atomic(path, record)
 
 

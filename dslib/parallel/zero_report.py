@@ -110,6 +110,7 @@ def cluster_evidence(rows: list[dict[str, Any]], note: str = "") -> list[dict[st
     whole model's states on one GPU (DP), after = per GPU under each ZeRO-3 layout (modelled)."""
     dp = next(r for r in rows if r["layout"].startswith("DP"))
     return [{"value": {"before_GB": dp["GB_per_gpu"], "after_GB": r["GB_per_gpu"]}, "kind": "modelled",
-             "conditions": {"before": "memory model: DP (stage 0)", "after": f"memory model: {r['layout'].replace(', ', ' ')}",
-                            "devices": r["gpus"]}, "default": "article" in r["layout"], "note": note}
+             "conditions": {"before": "memory model: DP (stage 0)", "devices": r["gpus"],
+                            "after": "memory model: " + r["layout"].replace(", ", " ")},
+             "default": "article" in r["layout"], "note": note}
             for r in rows if r["layout"].startswith("ZeRO-3")]

@@ -23,9 +23,10 @@ class ClaimEvidence:
     evidence: list[dict[str, Any]] = field(default_factory=list)  # run.evidence keyword arguments
 
     def record(self, run: Any) -> None:
-        """One ``run.evidence`` row per setting."""
-        for row in self.evidence:
-            run.evidence(self.claim_id, **row)
+        """One ``run.evidence`` row per setting (metrics.json written once)."""
+        with run.held():
+            for row in self.evidence:
+                run.evidence(self.claim_id, **row)
 
 
 def training_memory(n_params: int, precision: str, shape: dict[str, Any], zero_stage: int = 0,
@@ -158,7 +159,8 @@ def zero3_evidence(n_params: float = 100e9, device_counts: tuple[int, ...] = (),
              for name, b in list(readings.items())[:3]}
     for row in zero3_rows(n_params, tuple(counts)):
         if row["layout"].startswith("ZeRO-3"):
-            after.setdefault(f"memory model: {row['layout'].replace(', ', ' ')}", {})[row["devices"]] = row["per_device_GB"]
+            layout = "memory model: " + row["layout"].replace(", ", " ")
+            after.setdefault(layout, {})[row["devices"]] = row["per_device_GB"]
     evidence = [{"value": {"before_GB": b * n_params / GB, "after_GB": per_device[n]},
                  "conditions": {"before": before, "after": layout, "devices": n}, "kind": "modelled",
                  "default": before == "ZeRO paper 2+2+12" and layout == "memory model: ZeRO-3"
