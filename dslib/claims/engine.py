@@ -67,28 +67,29 @@ def decide(claim: Claim, rows: list[Evidence], counted: tuple[str, ...] = ("full
             deciding.append((row, why == MEETS))
         status.append(why)
     status = tuple(status)
+    ignored = ", ".join(f"{n} x {label}" for label, n in Counter(s for s in status if s not in (MEETS, MISSES)).items())
     if not deciding:
-        why = ", ".join(f"{n} x {label}" for label, n in Counter(status).items())
-        return Decision(NOT_ENOUGH, f"no row may decide ({why})", status=status)
+        return Decision(NOT_ENOUGH, f"no row may decide ({ignored})", status=status)
+    aside = f"; not deciding: {ignored}" if ignored else ""
     met = [row for row, ok in deciding if ok]
     missed = [row for row, ok in deciding if not ok]
     n, values = len(deciding), _value_ranges(claim, [row for row, _ in deciding])
     if not met:
-        return Decision(DOES_NOT_HOLD, f"none of {n} rows meets {claim.describe()} ({values})", status=status)
+        return Decision(DOES_NOT_HOLD, f"none of {n} rows meets {claim.describe()} ({values}){aside}", status=status)
     share = f"{len(met)} of {n} settings ({100 * len(met) / n:.2g}%)"
     if missed:
         when, unless = describe_conditions([r.conditions for r in met], [r.conditions for r in missed])
-        return Decision(HOLDS_ONLY_WHEN, f"{share} meet {claim.describe()}; not when {unless} ({values})",
+        return Decision(HOLDS_ONLY_WHEN, f"{share} meet {claim.describe()}; not when {unless} ({values}){aside}",
                         when, status)
     tested = describe_conditions([r.conditions for r in met], [])[0]
     if not claim.stated_conditions:
-        return Decision(HOLDS_ONLY_WHEN, f"every tested setting meets it ({share}; {values}), but the "
-                        "source states no setting: it holds for the settings tested", tested, status)
+        return Decision(HOLDS_ONLY_WHEN, f"every tested setting meets it ({share}; {values}), but the source "
+                        f"states no setting: it holds for the settings tested{aside}", tested, status)
     if not any(r.default and r.kind == "measured" for r in met):
         return Decision(HOLDS_ONLY_WHEN, f"every row meets it ({values}), none measured in the chapter's "
-                        "default setting", tested, status)
+                        f"default setting{aside}", tested, status)
     return Decision(HOLDS, f"all {n} rows meet {claim.describe()} ({values}), the chapter's default "
-                    "setting included", status=status)
+                    f"setting included{aside}", status=status)
 
 
 def _value_ranges(claim: Claim, rows: list[Evidence]) -> str:

@@ -19,7 +19,7 @@ class Entry:
 
     @property
     def chapters(self) -> list[str]:
-        return list(dict.fromkeys(row.chapter for row in self.rows))
+        return sorted({row.chapter for row in self.rows})
 
 
 def merge(records: dict[Path, dict[str, Any]], counted: tuple[str, ...] = ("full",),
