@@ -9,7 +9,12 @@ PROFILE ?= cpu
 # Idle OpenMP threads sleep instead of spinning (see dslib/env.py); set before torch loads.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup ops test unit notebooks cookbook lab bench clean
+# The MLflow UI server's own venv: mlflow (the package with the UI) pins pyarrow below the project's
+UI_VENV ?= .venv-ui
+UI_STAMP := $(UI_VENV)/.installed
+BOOK ?= outputs/cookbook
+
+.PHONY: setup ops ui-setup test unit notebooks cookbook book book-reference lab ui bench clean
 
 setup: $(STAMP)
 
@@ -27,10 +32,18 @@ $(STAMP): pyproject.toml constraints.txt
 # DeepSpeed's C++ ops (cpu_adam, cpu_lion, async_io), compiled once into .cache/torch_extensions
 ops: setup
 	@start=$$SECONDS; echo "==> DeepSpeed ops (compiled once per checkout)"; \
-	$(PY) -m dslib.parallel.ops build || echo "note: an op did not build; the runs that need it are skipped"; \
+	$(PY) -m dslib.dist.ops build || echo "note: an op did not build; the runs that need it are skipped"; \
 	echo "==> ops ready in $$((SECONDS - start)) s"
 
-test: setup ops
+$(UI_STAMP): constraints-ui.txt
+	@start=$$SECONDS; echo "==> MLflow UI venv: $(UI_VENV)"; \
+	test -x $(UI_VENV)/bin/python || python3 -m venv $(UI_VENV); \
+	$(UI_VENV)/bin/python -m pip install -q -c constraints-ui.txt mlflow || exit 1; \
+	touch $(UI_STAMP); echo "==> MLflow UI venv done in $$((SECONDS - start)) s"
+
+ui-setup: $(UI_STAMP)
+
+test: setup ops ui-setup
 	@start=$$SECONDS; $(PY) -m pytest -v --durations=15; rc=$$?; \
 	echo "==> tests finished in $$((SECONDS - start)) s"; exit $$rc
 
@@ -43,13 +56,26 @@ notebooks: setup
 cookbook: setup ops
 	$(VENV)/bin/dslib cookbook --profile $(PROFILE)
 
+# The static site of the last `make cookbook`: $(BOOK)/site/index.html
+book: setup
+	$(VENV)/bin/dslib book $(BOOK)
+
+# The reference build kept in docs/book (cpu profile), stamped with its commit: run it from a clean tree
+book-reference: setup ops
+	$(VENV)/bin/dslib cookbook --profile cpu --out outputs/reference
+	$(VENV)/bin/dslib book outputs/reference --out docs/book
+
+# JupyterLab on 127.0.0.1 with a token (printed), the project's settings and kernel
 lab: setup
 	$(PY) -m ipykernel install --sys-prefix --name dslib --display-name "dslib (.venv)" >/dev/null
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser --notebook-dir notebooks \
-	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+	$(VENV)/bin/dslib lab
+
+# The MLflow UI on 127.0.0.1:5000 over outputs/mlflow.db (or MLFLOW_TRACKING_URI)
+ui: setup ui-setup
+	$(VENV)/bin/dslib ui
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf outputs/cookbook outputs/run-* outputs/lab .pytest_cache
+	rm -rf outputs/cookbook outputs/reference outputs/run-* outputs/lab outputs/test-screenshots .pytest_cache

@@ -1,4 +1,4 @@
-"""The ``dslib`` command: run one notebook, run the whole book, rebuild a report."""
+"""The ``dslib`` command: run one notebook, run the whole book, build its site, rebuild a report."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,20 @@ def _parser() -> argparse.ArgumentParser:
     jobs_cmd.add_argument("job_id")
     jobs_cmd.add_argument("--timeout", type=float, default=3600)
 
+    site = sub.add_parser("book", help="build the static site of a cookbook run (every chapter, the claims "
+                                       "ledger, the errata) from its run records")
+    site.add_argument("book_dir", nargs="?", type=Path, help="a `dslib cookbook` folder (default: outputs/cookbook)")
+    site.add_argument("--out", type=Path, help="site folder (default: BOOK_DIR/site)")
+    site.add_argument("--errata", type=Path, help="errata markdown page (default: docs/errata.md, when present)")
+
+    lab = sub.add_parser("lab", help="JupyterLab on 127.0.0.1 with a token, the project's settings and kernel")
+    lab.add_argument("--port", type=int)
+    lab.add_argument("--notebook-dir", type=Path, default=Path("notebooks"))
+
+    ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the tracking store (MLFLOW_TRACKING_URI "
+                                   "or outputs/mlflow.db)")
+    ui.add_argument("--port", type=int, default=5000)
+
     rep = sub.add_parser("report", help="rebuild a report from run directories (a comparison if they "
                                         "are runs of one notebook)")
     rep.add_argument("run_dirs", nargs="+", type=Path)
@@ -81,6 +95,23 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in state.items():
                 print(f"{key}: {value}" if key != "log_tail" else f"log tail:\n{value}")
             return 0 if state["state"] not in slurm.FINISHED - {"COMPLETED"} else 1
+        if args.command == "book":
+            from dslib.jobs import book
+
+            index = book.build_site(args.book_dir, args.out, **({"errata": args.errata} if args.errata else {}))
+            print(f"book: {index} ({len(list(index.parent.glob('*.html')))} pages)")
+            return 0
+        if args.command in ("lab", "ui"):
+            import os
+
+            from dslib.jobs import lab, tracking
+
+            if args.command == "lab":
+                cmd, env = lab.lab_command(args.notebook_dir.resolve(), args.port), lab.lab_env()
+            else:
+                cmd, env = tracking.ui_command(args.port), dict(os.environ)
+                print(f"MLflow UI: http://127.0.0.1:{args.port} (store {tracking.tracking_uri()})", flush=True)
+            os.execve(cmd[0], cmd, env)
         if args.command == "report":
             from dslib.jobs import report
             from dslib.jobs.record import read_record

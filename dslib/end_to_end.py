@@ -6,7 +6,7 @@ flat names override it).
 Every stage is the chapter's own code:
   data       dslib.data.sources -> dslib.data.pipeline (configs/data/<pipeline>.yaml; every
              document kept or dropped with a reason) -> tokenizer -> dslib.data.shards
-  train      zero_stage 0: dslib.train.Trainer in this process; 1-3: dslib.train.zero_trainer
+  train      zero_stage 0: dslib.train.Trainer in this process; 1-3: dslib.parallel.zero
              on DeepSpeed ranks. Both: precision autocast (ch. 07), AdamW or Lion (ch. 08),
              activation checkpointing of every k-th block (ch. 09)
   evaluate   dslib.eval (ch. 10): perplexity per source with and without memory, the unigram
@@ -97,7 +97,7 @@ def train(cfg: EndToEndConfig, corpus: Corpus, run: Any = None) -> Trained:
     from dslib.env import device
     from dslib.model import TransformerXL
     from dslib.train import Trainer, seed_everything
-    from dslib.train.zero_trainer import train_zero
+    from dslib.parallel.zero import train_zero
     from dslib.tune.checkpointing import apply_checkpointing, checkpointed_layers, remove_checkpointing
 
     t, model_cfg, train_cfg = cfg.train, cfg.architecture_config(corpus.tokenizer.vocab_size), cfg.recipe()

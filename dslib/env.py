@@ -21,6 +21,14 @@ OFFLINE_VARS = {
 }
 
 
+RUN_DIR_VAR = "DSLIB_RUN_DIR"  # set by dslib.jobs.runner for the kernel of a headless run
+
+
+def headless() -> bool:
+    """True inside a run of ``dslib run``/``cookbook``/``submit``: nobody watches the notebook."""
+    return bool(os.environ.get(RUN_DIR_VAR))
+
+
 def set_offline() -> None:
     """Set the offline variables (without overriding what a user set) and the op cache."""
     for name, value in OFFLINE_VARS.items():
@@ -32,6 +40,10 @@ def set_offline() -> None:
     # torch's profiler (chapters 07 and 09 read memory with it) prints two status lines per use
     # at every kineto level below 6, flooding notebook and cookbook logs; set it lower to see them
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    # Hugging Face's own bars (transformers' "Loading weights") are tqdm.auto widgets: headless,
+    # the executed notebook keeps their first frame, "0/103"; dslib's bars print lines instead.
+    if headless():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # DeepSpeed's C++ ops JIT-compile on first use (30-210 s each): keep them in one
     # persistent folder so notebooks, tests and CI in one checkout compile them once.
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
@@ -71,6 +83,18 @@ def synchronize(where=None) -> None:
     where = device() if where is None else where
     if where.type == "cuda":
         torch.cuda.synchronize(where)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and python's random."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def dist_backend() -> str:

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# System packages the book uses beyond pip: libaio-dev, for DeepSpeed's async_io op (NVMe
-# offload, chapter 05). Installed with apt where missing and running as root; otherwise a
-# note says what to install (the NVMe cells then report that the op is unavailable).
+# System packages the book uses beyond pip, installed with apt where missing and running as root;
+# otherwise a note says what to install:
+#   libaio-dev        DeepSpeed's async_io op (NVMe offload, chapter 05)
+#   chromium, chromium-driver   the browser tests (the book's site, JupyterLab, the MLflow UI);
+#                     Selenium drives /usr/bin/chromedriver and downloads nothing
 set -uo pipefail
-if [ -e /usr/include/libaio.h ]; then exit 0; fi
+missing=()
+[ -e /usr/include/libaio.h ] || missing+=(libaio-dev)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+[ ${#missing[@]} = 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y --no-install-recommends libaio-dev >/dev/null 2>&1 \
-    || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends libaio-dev >/dev/null 2>&1; } \
-    || echo "note: could not install libaio-dev; NVMe offload (chapter 05) will be unavailable" >&2
+  apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+    || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1; } \
+    || echo "note: could not install ${missing[*]}: NVMe offload (chapter 05) or the browser tests will be skipped" >&2
 else
-  echo "note: install libaio-dev (e.g. sudo apt-get install libaio-dev) for NVMe offload (chapter 05)" >&2
+  echo "note: install ${missing[*]} (e.g. sudo apt-get install ${missing[*]}): NVMe offload (chapter 05)" \
+       "and the browser tests need them" >&2
 fi
 exit 0

@@ -1,4 +1,6 @@
 """The optimizer comparison: target crossing, ratios over seeds, sweep selection, real short runs."""
+from types import SimpleNamespace
+
 import torch
 from torch import nn
 
@@ -31,17 +33,24 @@ def test_common_target_is_reached_by_every_run_and_best_spec_ignores_nan():
     assert best_specs({"lion": [diverged, runs[1]]})["lion"] == runs[1].spec
 
 
+class LinearRegression(nn.Linear):
+    """nn.Linear with the book's model interface: ``model(x, targets=y).loss`` is the MSE."""
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor) -> SimpleNamespace:
+        loss = nn.functional.mse_loss(super().forward(x), targets)
+        return SimpleNamespace(loss=loss, aux_loss=loss.new_zeros(()), mems=[], stats={})
+
+
 def regression_setup():
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(8, 1, generator=gen)
     data = [(x, x @ w) for x in torch.randn(40, 16, 8, generator=gen)]
-    loss_fn = lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1])  # noqa: E731
-    return dict(batch_fn=lambda step: data[step % 32], val_batches=data[32:], loss_fn=loss_fn)
+    return dict(batch_fn=lambda step: data[step % 32], val_batches=data[32:])
 
 
 def test_train_curve_and_sweep_learn_on_real_runs():
     kwargs = regression_setup()
-    model_fn = lambda: nn.Linear(8, 1)  # noqa: E731
+    model_fn = lambda: LinearRegression(8, 1)  # noqa: E731
     c = train_curve(model_fn, OptimizerSpec("lion", 3e-2), seed=0, steps=60, eval_every=20, **kwargs)
     assert c.val_steps == [20, 40, 60] and c.val_loss[-1] < 0.5 * c.val_loss[0]
     assert len(c.train_loss) == 60 and c.wall_s == sorted(c.wall_s)

@@ -34,6 +34,29 @@ def test_normalize_nfkc_controls_whitespace():
     assert clean.normalize("ＦＵＬＬ\u00a0width\x00 ﬁne\u200b  \t text\r\n\n\n\nend  ") == "FULL width fine text\n\nend"
 
 
+TERMINAL = ("\x1b[31mWarning:\x1b[0m the \u202eevil\u202c file \x1b]0;a title\x07was \x1b[1;32;40mgreen\x1b[m, "
+            "\x1b]8;;http://x.test\x1b\\a link\x1b]8;;\x1b\\ and \u2066isolated\u2069\x00 \x1b(Btext.")
+
+
+def test_normalize_removes_escape_sequences_and_bidi_controls():
+    """Whole ANSI/CSI and OSC sequences go before control characters, else ESC alone goes and
+    "[31m" stays; bidi overrides and isolates (which can reorder what a reader sees) go too."""
+    assert clean.normalize(TERMINAL) == "Warning: the evil file was green, a link and isolated text."
+    assert clean.normalize("\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069x") == "x"
+    assert clean.normalize("[31m is text, ESC alone: \x1b") == "[31m is text, ESC alone:"
+
+
+def test_the_funnel_counts_what_cleaning_removed(tmp_path):
+    result = pipeline.run_pipeline(corpus(VERSES + [TERMINAL, "\x1b[2J\u202e"]), steps(), tmp_path)
+    kept = "".join(result.kept["text"])
+    assert not any(c in kept for c in "\x1b\u202e\u202c\u2066\u2069") and "[31m" not in kept
+    edits = {e["edit"]: (e["docs"], e["count"]) for e in result.funnel.edits if e["step"] == "clean"}
+    assert edits == {"escape_sequences": (2, 9), "bidi_controls": (2, 5), "control_characters": (1, 1)}
+    assert json.loads((tmp_path / "funnel.json").read_text())["edits"] == result.funnel.edits
+    assert [d["reason"] for d in result.funnel.drops if d["step"] == "clean"] == ["empty"]
+    assert "text" in result.kept.column_names and not any(c.startswith("_") for c in result.kept.column_names)
+
+
 def test_planted_near_duplicate_dropped_with_reason(tmp_path):
     near = VERSES[1].replace("darkness", "the darkness")  # one word more: Jaccard well above 0.5
     result = pipeline.run_pipeline(corpus(VERSES + [near]), steps(), tmp_path)
@@ -104,6 +127,64 @@ def test_bands_follow_threshold():
     bands, rows = dedup.choose_bands(0.8, 128)
     assert bands * rows <= 128
     assert dedup.candidate_probability(0.9, bands, rows) > 0.9 > 0.01 > dedup.candidate_probability(0.5, bands, rows)
+
+
+def pairs_sharing_a_band(sig: np.ndarray, bands: int, rows: int) -> set[tuple[int, int]]:
+    """Brute force: every (i, j), i < j, whose signatures agree on all rows of some band."""
+    n = len(sig)
+    return {(i, j) for i in range(n) for j in range(i + 1, n)
+            if any(np.array_equal(sig[i, b * rows:(b + 1) * rows], sig[j, b * rows:(b + 1) * rows])
+                   for b in range(bands))}
+
+
+def test_lsh_pairs_every_pair_that_shares_a_band():
+    """Not only each bucket's first member: 1 and 2 agree everywhere, 0 only on band 0."""
+    sig = np.array([[7, 7, 1, 2], [7, 7, 5, 5], [7, 7, 5, 5]], dtype=np.uint32)
+    assert dedup.lsh_pairs(sig, 2, 2).tolist() == [[0, 1], [0, 2], [1, 2]]
+    rng = np.random.default_rng(0)
+    sig = rng.integers(0, 3, size=(60, 8)).astype(np.uint32)  # few values: many shared bands
+    active = rng.random(60) < 0.9
+    got = {tuple(p) for p in dedup.lsh_pairs(sig, 4, 2, active).tolist()}
+    on = np.flatnonzero(active)
+    assert got == {(on[i], on[j]) for i, j in pairs_sharing_a_band(sig[on], 4, 2)}
+
+
+def test_lsh_pairs_bound_huge_buckets():
+    """In a bucket larger than bucket_window + 1, each member pairs with the next bucket_window."""
+    sig = np.zeros((10, 4), dtype=np.uint32)
+    got = dedup.lsh_pairs(sig, 2, 2, bucket_window=3).tolist()
+    assert got == [[i, j] for i in range(10) for j in range(i + 1, min(i + 4, 10))]
+    assert len(dedup.lsh_pairs(sig, 2, 2, bucket_window=9)) == 45
+
+
+def test_every_true_pair_sharing_a_band_is_found():
+    """The same verse in KJV and ASV: a pair over the threshold whose signatures agree on a
+    band ends in one cluster (the signatures' estimate, sd ~0.035 here, rejects some of them)."""
+    from dslib.data import nearcheck
+
+    verses = nearcheck.translation_corpus(1500, ("kjv", "asv"))
+    texts, known = list(verses.text), nearcheck.known_pairs(verses.verse.values)
+    result = dedup.near_duplicates(texts, 0.8)
+    sig = dedup.signatures(dedup.shingle(texts, 5), 128)
+    keys = dedup.band_keys(sig, result.bands, result.rows)
+    true = known[dedup.exact_jaccard(dedup.shingle(texts, 5), known) >= 0.8]
+    banded = true[(keys[true[:, 0]] == keys[true[:, 1]]).any(axis=1)]
+    assert len(banded) > 100
+    assert (result.root[banded[:, 0]] == result.root[banded[:, 1]]).all()
+    accepted = result.pairs[result.accepted]
+    assert (dedup.exact_jaccard(dedup.shingle(texts, 5), accepted) >= 0.8).all()  # and nothing below it
+
+
+def test_exact_jaccard_is_the_jaccard_of_the_shingle_sets():
+    rng = np.random.default_rng(1)
+    texts = [" ".join(rng.choice(["a", "b", "c", "d"], rng.integers(0, 40))) for _ in range(80)]
+    sh = dedup.shingle(texts, 2)
+    pairs = rng.integers(0, len(texts), size=(300, 2))
+    sets = [set(sh.of(d).tolist()) for d in range(len(texts))]
+    expected = [len(sets[i] & sets[j]) / len(sets[i] | sets[j]) if sets[i] | sets[j] else 0.0 for i, j in pairs]
+    assert dedup.exact_jaccard(sh, pairs).tolist() == expected
+    assert dedup.exact_jaccard(sh, pairs, chunk=7).tolist() == expected  # many chunks, some of one pair
+    assert dedup.exact_jaccard(sh, np.zeros((0, 2), np.int64)).shape == (0,)
 
 
 def test_union_find_joins_chains():

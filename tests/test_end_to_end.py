@@ -109,7 +109,8 @@ def test_model_card_holds_the_funnel_the_metrics_and_the_ledger(tiny_run, monkey
 
 
 def test_model_card_reads_the_latest_full_chapter_runs(tiny_run, tmp_path, monkeypatch):
-    from dslib.jobs.record import METRICS_FILE, Run, read_record, write_json_atomic
+    from dslib.io import write_json_atomic
+    from dslib.jobs.record import METRICS_FILE, Run, read_record
 
     cfg, corpus, trained, evaluation, folder = tiny_run
     monkeypatch.setenv("DSLIB_OUTPUTS", str(tmp_path))
@@ -131,7 +132,7 @@ def test_zero_stages_1_and_3_train_alike_and_return_the_full_weights(tiny_run):
     """Two DeepSpeed launches of 2 ranks (~15 s each): stage 3 with checkpointing of every block
     matches stage 1 step for step, and its gathered weights are the whole model."""
     from dslib.model import TransformerXL
-    from dslib.train.zero_trainer import train_zero
+    from dslib.parallel.zero import train_zero
 
     cfg, corpus, _, _, _ = tiny_run
     model_cfg, recipe = cfg.architecture_config(corpus.tokenizer.vocab_size), cfg.recipe()
@@ -142,3 +143,28 @@ def test_zero_stages_1_and_3_train_alike_and_return_the_full_weights(tiny_run):
     model.load_state_dict(weights3)  # every tensor, full shape
     for name, tensor in weights1.items():
         torch.testing.assert_close(weights3[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_another_config_file_changes_the_run(tmp_path):
+    """Notebook 11 passes only the parameters a run sets: `-p config other` takes other.yaml's
+    values, where passing every notebook default would have overridden them all."""
+    import yaml
+
+    from dslib import end_to_end
+    from dslib.end_to_end_config import CONFIG_DIR
+    from dslib.jobs import changed_parameters
+    from dslib.jobs.params import NOTEBOOKS_DIR, declared_parameters
+
+    other = yaml.safe_load((CONFIG_DIR / "end_to_end.yaml").read_text())
+    other["seed"], other["train"]["steps"] = 7, 123
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(other))
+    namespace = {**declared_parameters(NOTEBOOKS_DIR / "11_end_to_end.ipynb"), "config": str(path)}
+
+    def overrides(names: dict) -> dict:
+        return {k: v for k, v in changed_parameters("11_end_to_end", names).items() if k in end_to_end.parameter_names()}
+
+    assert overrides(namespace) == {}
+    cfg = end_to_end.load_config(path, **overrides(namespace))
+    assert (cfg.seed, cfg.train.steps) == (7, 123)
+    assert overrides({**namespace, "steps": 9}) == {"steps": 9}  # a hand edit still overrides the file

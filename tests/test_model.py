@@ -1,4 +1,6 @@
 """Transformer-XL model: relative shift, masking, memory, gate, config, counts (tiny sizes)."""
+import math
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -25,6 +27,24 @@ def test_rel_shift_equals_direct_scores(M):
         for j in range(i + M + 1):  # every visible key
             direct = ((q[:, :, i] + v_bias[:, 0]) * r[:, S - 1 - (i + M - j)]).sum(-1)
             torch.testing.assert_close(shifted[:, :, i, j], direct)
+
+
+def exact_sinusoid_table(length: int, dim: int) -> torch.Tensor:
+    """R[c] for distance length-1-c: sines then cosines of d / 10000^(2i/dim), with Python's math."""
+    rows = []
+    for d in range(length - 1, -1, -1):
+        angles = [d / 10000 ** (2 * i / dim) for i in range(dim // 2)]
+        rows.append([math.sin(a) for a in angles] + [math.cos(a) for a in angles])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-7), (torch.bfloat16, 4e-3)])
+def test_sinusoidal_embedding_is_exact_in_the_requested_dtype(dtype, tolerance):
+    """A float64 model gets float64-accurate positions, not float32 ones cast up (7.6e-8 off)."""
+    length, dim = 1000, 64
+    got = sinusoidal_embedding(length, dim, dtype=dtype)
+    assert got.dtype == dtype and got.shape == (length, dim)
+    assert (got.double() - exact_sinusoid_table(length, dim)).abs().max() < tolerance
 
 
 def test_attention_with_query_positions_matches_full_attention():

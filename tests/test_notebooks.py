@@ -1,25 +1,29 @@
 """Every notebook, executed exactly as `dslib run NOTEBOOK --profile smoke` runs it.
 
 papermill (not nbval) executes them: nbval cannot inject the smoke parameters, and this way
-the test also checks the parameter validation, the run record and the time budget.
+the test also checks the parameter validation and the run record. Each notebook's wall time
+goes to the budget table printed at the end of the test run (90 s in smoke): reported, never
+asserted. The timeout only catches a hang.
 """
 import json
 
 import pytest
 
 from dslib import jobs
+from dslib.jobs.budgets import NOTEBOOK_BUDGET_S
 from dslib.jobs.cookbook import select
 from dslib.jobs.runner import run_notebook
 
-SMOKE_BUDGET_S = 90
 NOTEBOOKS = select()
+HANG_TIMEOUT_S = int(6 * NOTEBOOK_BUDGET_S["smoke"])
 
 
+@pytest.mark.timeout(HANG_TIMEOUT_S)
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
-def test_notebook_runs_in_smoke_profile(notebook, tmp_path):
+def test_notebook_runs_in_smoke_profile(notebook, tmp_path, record_wall_time):
     result = run_notebook(notebook, "smoke", out=tmp_path / notebook.stem)
+    record_wall_time(notebook.stem, result.wall_s)
     assert result.ok, f"{notebook.name}: {result.error} (see {result.notebook})"
-    assert result.wall_s < SMOKE_BUDGET_S, f"{notebook.name} took {result.wall_s:.0f} s in smoke"
     record = jobs.read_record(result.run_dir)
     assert record["metrics"] or record["tables"], "a chapter must record what it measured"
     for fig in record["figures"]:

@@ -1,13 +1,12 @@
 """The 3D grid layout: rank <-> (dp, pp, tp), groups, and shapes refused before any process starts."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
 from dslib.model import load_config
 from dslib.parallel.grid import GridLayout, validate_grid
-from dslib.parallel.launch import launch
+from dslib.dist.launch import launch
 
 
 @pytest.mark.parametrize("dp, pp, tp", [(1, 1, 2), (2, 1, 2), (1, 2, 2), (2, 2, 2), (3, 2, 4), (2, 4, 1)])
@@ -52,11 +51,9 @@ def test_layout_matches_deepspeed_pipeline_topology():
 ])
 def test_invalid_shapes_are_refused_naming_the_field(world, dp, pp, tp, overrides, message):
     config = load_config("tiny", **overrides)
-    start = time.perf_counter()
     with pytest.raises(ValueError) as error:
         validate_grid(world, dp, pp, tp, config)
     assert message in str(error.value)
-    assert time.perf_counter() - start < 1
 
 
 def test_build_grid_on_4_ranks_creates_the_layout_groups():

@@ -1,4 +1,6 @@
 """Parameter safety: names checked against the notebook, values typed like the defaults."""
+import math
+
 import pytest
 
 from dslib.jobs import params as P
@@ -63,3 +65,34 @@ def test_every_shipped_profile_matches_its_notebooks():
             if stem != "default":
                 assert stem in notebooks, f"{profile}.yaml names missing notebook {stem}"
                 P.resolve(notebooks[stem], profile)
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("1e-3", 1e-3), ("3E-3", 3e-3), (".5", 0.5), ("1_000.0", 1000.0), ("-2e+2", -200.0), ("5.", 5.0),
+    ("inf", float("inf")), ("-Infinity", float("-inf")), (".inf", float("inf")),
+])
+def test_every_python_float_form_converts_for_a_float(notebook_factory, raw, expected):
+    """YAML 1.1 reads 1e-3 as a string; a float parameter takes what Python's float() takes."""
+    nb = notebook_factory("01_x.ipynb", PARAMS)
+    got = P.resolve(nb, "cpu", cli=[("lr", raw)])["lr"]
+    assert isinstance(got, float) and got == expected
+
+
+def test_nan_is_a_float_too():
+    assert math.isnan(P.convert("lr", "nan", 0.001))
+
+
+def test_float_forms_in_lists_files_and_open_defaults(notebook_factory, tmp_path, monkeypatch):
+    monkeypatch.setattr(P, "PROFILES_DIR", tmp_path)
+    (tmp_path / "fast.yaml").write_text("01_x: {lr: 1e-3, sizes: [1e-3, 2E+1]}\n")
+    nb = notebook_factory("01_x.ipynb", PARAMS)
+    assert P.resolve(nb, "fast") == {"lr": 1e-3, "sizes": [1e-3, 20.0]}
+    assert P.resolve(nb, "fast", cli=[("limit", "1e3"), ("sizes", "[3e-3]")]) == {
+        "lr": 1e-3, "sizes": [3e-3], "limit": 1000.0}
+
+
+@pytest.mark.parametrize("raw", ["7.0", "1e3", "inf", "7_0.5"])
+def test_ints_stay_strict(notebook_factory, raw):
+    nb = notebook_factory("01_x.ipynb", PARAMS)
+    with pytest.raises(P.ParameterError, match="'steps'"):
+        P.resolve(nb, "cpu", cli=[("steps", raw)])

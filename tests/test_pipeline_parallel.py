@@ -12,7 +12,7 @@ from dslib.parallel import pipeline
 from dslib.parallel.pipeline import PipeRun, pipe_config, pipe_ds_config, run_pipeline
 from dslib.parallel.pipeline_study import (bubble_formula, describe_stages, idle_fraction, layer_flops, run_3d,
                                            stage_times, train_reference)
-from dslib.parallel.zero import prepare_shards
+from dslib.data.shards import corpus_shards
 
 STEPS, MICRO, M = 4, 2, 3
 TINY = {"num_layers": 3}
@@ -28,7 +28,7 @@ def pipe_run():
 def test_pipeline_loss_equals_single_process_loss(pipe_run):
     config = pipe_config("tiny", **TINY)
     ds_config = pipe_ds_config(MICRO, M)
-    reference = train_reference(config, ds_config, str(prepare_shards(config.vocab_size, limit=2000)), STEPS)
+    reference = train_reference(config, ds_config, str(corpus_shards(config.vocab_size, limit=2000)), STEPS)
     assert pipe_run.losses[-1] < pipe_run.losses[0]  # it trains
     assert pipe_run.losses == pytest.approx(reference, rel=1e-5)
 
@@ -61,7 +61,7 @@ def test_invalid_shapes_are_refused_before_any_rank_starts(kwargs, message):
 def test_run_pipeline_refuses_a_bad_partition_method_without_launching(monkeypatch):
     def no_launch(*args, **kwargs):
         raise AssertionError("a rank was started")
-    monkeypatch.setattr("dslib.parallel.launch.launch", no_launch)
+    monkeypatch.setattr("dslib.dist.launch.launch", no_launch)
     with pytest.raises(ValueError, match="matches no layer"):
         run_pipeline([{"config": pipe_config("tiny"), "partition_method": "type:Conv", "micro_batches": 2}])
     with pytest.raises(ValueError, match="gate.enabled"):

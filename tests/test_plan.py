@@ -56,6 +56,62 @@ def test_zero3_matches_deepspeed_estimator(n_params, layout, offloads, zero_init
         assert real.offloaded["grads"] == pytest.approx(extra)
 
 
+# the whole grid: 1e8-1e11 parameters, 1-512 GPUs as nodes x GPUs per node, a small and a large largest layer
+GRID_PARAMS = [10**8, 3 * 10**8 + 7, 10**9, 10**10, 10**11]
+GRID_LAYOUTS = [(g, n) for g in (1, 2, 4, 8, 16) for n in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if g * n <= 512]
+
+
+def deepspeed_grid():
+    """(DeepSpeed's (cpu, gpu) called directly, the same case's model_states fields) over the grid."""
+    for n_params, (gpus, nodes) in itertools.product(GRID_PARAMS, GRID_LAYOUTS):
+        layout, ds_layout = dict(gpus_per_node=gpus, num_nodes=nodes), dict(num_gpus_per_node=gpus, num_nodes=nodes)
+        for offload in (False, True):
+            yield (ds_zero2.estimate_zero2_model_states_mem_needs(n_params, cpu_offload=offload, **ds_layout),
+                   dict(n_params=n_params, zero_stage=2, offload_optimizer="cpu" if offload else "none", **layout))
+        for largest, (optimizer, param), zero_init in itertools.product(
+                (n_params // 10_000, n_params // 50), ZERO3_OFFLOADS, (True, False)):
+            ds_cpu, ds_gpu, _ = ds_zero3.estimate_zero3_model_states_mem_needs(
+                n_params, largest, cpu_offload=optimizer == "cpu", cpu_offload_params=param == "cpu",
+                zero_init=zero_init, **ds_layout)
+            yield (ds_cpu, ds_gpu), dict(n_params=n_params, zero_stage=3, largest_layer_params=largest,
+                                         offload_optimizer=optimizer, offload_param=param, zero_init=zero_init, **layout)
+
+
+def test_peak_as_deepspeed_reproduces_its_estimators_on_the_whole_grid():
+    """To the byte (DeepSpeed truncates to int) on every case, CPU per node included."""
+    cases, wrong = 0, []
+    for (ds_cpu, ds_gpu), fields in deepspeed_grid():
+        ours = memory.model_states(**fields, **memory.AS_DEEPSPEED)
+        cases += 1
+        if abs(ours.device_total - ds_gpu) >= 1 or abs(ours.cpu_per_node - ds_cpu) >= 1:
+            wrong.append((fields, (ours.cpu_per_node, ds_cpu), (ours.device_total, ds_gpu)))
+    assert cases == 5 * len(GRID_LAYOUTS) * 14 and not wrong, f"{len(wrong)} of {cases}: {wrong[:3]}"
+
+
+@pytest.mark.parametrize("layout", [(8, 8), (8, 64), (16, 32), (1, 512)])
+def test_compare_with_deepspeed_agrees_at_many_nodes(layout):
+    """64 and 512 GPUs: where the stage-2 offload and stage-3 zero_init CPU formulas part."""
+    gpus, nodes = layout
+    for n_params in (10**8, 10**11):
+        for row in memory.compare_with_deepspeed(n_params, n_params // 50, gpus_per_node=gpus, num_nodes=nodes):
+            assert row["ours_as_deepspeed_cpu"] == pytest.approx(row["deepspeed_cpu"], abs=1), row
+            assert row["ours_as_deepspeed_gpu"] == pytest.approx(row["deepspeed_gpu"], abs=1), row
+
+
+def test_where_deepspeed_cpu_estimates_part_from_the_model():
+    """ZeRO-2 + offload: DeepSpeed's max(4 x all GPUs, 16) B/param per node grows with the node
+    count; the states split over nodes. ZeRO-3 + offload under zero_init: it leaves out the
+    init load of the largest layer that its own no-offload branch counts."""
+    zero2 = dict(zero_stage=2, offload_optimizer="cpu", gpus_per_node=8)
+    per_node = [memory.model_states(10**9, num_nodes=n, **zero2).cpu_per_node for n in (1, 8, 64)]
+    assert per_node == pytest.approx([4 * 8 * 10**9 * 1.5] * 3)  # the node's own 8 init loads
+    as_ds = [memory.model_states(10**9, num_nodes=n, **zero2, **memory.AS_DEEPSPEED).cpu_per_node for n in (1, 8, 64)]
+    assert as_ds == pytest.approx([max(4 * 8 * n, 16) * 10**9 * 1.5 for n in (1, 8, 64)])
+    zero3 = dict(zero_stage=3, offload_optimizer="cpu", gpus_per_node=8, num_nodes=64, largest_layer_params=2 * 10**7)
+    assert memory.model_states(10**9, **zero3).cpu_per_node == pytest.approx(4 * 2e7 * 8 * 1.5)  # init load
+    assert memory.model_states(10**9, **zero3, **memory.AS_DEEPSPEED).cpu_per_node == pytest.approx(16e9 / 64 * 1.5)
+
+
 def test_zero_paper_bytes_per_param():
     """ZeRO paper fig. 1: 16 B/param for mixed-precision Adam under DP; stage 3 divides it all."""
     psi, n = 7.5e9, 64

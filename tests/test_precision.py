@@ -1,41 +1,52 @@
 """Mixed precision: loss scaling skips overflowing steps, autocast keeps LayerNorm in FP32,
 FP16 without scaling flushes small gradients to zero, the memory split adds up."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
 
-from dslib.train.precision import (INIT_SCALE, Precision, apply_step, autocast, gradient_underflow,
-                                   make_grad_scaler, memory_split, module_output_dtypes, train_run)
+from dslib.studies.mixed_precision import gradient_underflow, memory_split, module_output_dtypes, train_run
+from dslib.train.precision import INIT_SCALE, Precision, autocast, make_grad_scaler
+from dslib.train.step import OptimizerStepper, batch_loss, train_step
 
 CPU = torch.device("cpu")
 
 
-def small_model() -> nn.Module:
+class Regression(nn.Module):
+    """A small MLP with the book's model interface: ``model(x, targets=y).loss`` is an MSE
+    (times ``loss_factor``: inf makes every gradient inf, 1e-9 makes them underflow fp16)."""
+
+    def __init__(self, loss_factor: float = 1.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.LayerNorm(32), nn.Linear(32, 4))
+        self.loss_factor = loss_factor
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor) -> SimpleNamespace:
+        loss = nn.functional.mse_loss(self.net(x).float(), targets) * self.loss_factor
+        return SimpleNamespace(loss=loss, aux_loss=loss.new_zeros(()), mems=[], stats={})
+
+
+def small_model(loss_factor: float = 1.0) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.LayerNorm(32), nn.Linear(32, 4))
-
-
-def mse(model: nn.Module, batch) -> torch.Tensor:
-    x, y = batch
-    return nn.functional.mse_loss(model(x).float(), y)
+    return Regression(loss_factor)
 
 
 BATCH = (torch.randn(8, 16, generator=torch.Generator().manual_seed(1)), torch.zeros(8, 4))
 
 
 def test_grad_scaler_skips_step_with_inf_gradients_and_lowers_scale():
-    model = small_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = make_grad_scaler(CPU, "fp16")
-    assert scaler.get_scale() == INIT_SCALE
+    model = small_model(loss_factor=float("inf"))  # every gradient becomes inf/nan
+    stepper = OptimizerStepper(torch.optim.SGD(model.parameters(), lr=0.1), make_grad_scaler(CPU, "fp16"))
+    assert stepper.scaler.get_scale() == INIT_SCALE
     before = [p.detach().clone() for p in model.parameters()]
-    loss = mse(model, BATCH) * float("inf")  # every gradient becomes inf/nan
-    assert apply_step(loss, opt, scaler) is True
-    assert scaler.get_scale() == INIT_SCALE * 0.5
+    assert train_step(model, BATCH, stepper, precision="fp16").skipped is True
+    assert stepper.scaler.get_scale() == INIT_SCALE * 0.5
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
-    assert apply_step(mse(model, BATCH), opt, scaler) is False  # a clean step is taken
+    model.loss_factor = 1.0
+    assert train_step(model, BATCH, stepper, precision="fp16").skipped is False  # a clean step is taken
     assert not all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
-    assert scaler.get_scale() == INIT_SCALE * 0.5
+    assert stepper.scaler.get_scale() == INIT_SCALE * 0.5
 
 
 def test_scaler_disabled_for_bf16_and_fp32():
@@ -45,7 +56,7 @@ def test_scaler_disabled_for_bf16_and_fp32():
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_autocast_keeps_layernorm_and_loss_in_fp32(precision):
-    dtypes = module_output_dtypes(small_model(), BATCH, mse, CPU, precision)
+    dtypes = module_output_dtypes(small_model(), BATCH, CPU, precision)
     assert dtypes["Linear"] == precision.replace("bf16", "bfloat16").replace("fp16", "float16")
     assert dtypes["LayerNorm"] == "float32"
     assert dtypes["loss"] == "float32"
@@ -54,14 +65,14 @@ def test_autocast_keeps_layernorm_and_loss_in_fp32(precision):
     # master weights stay FP32 under autocast
     model = small_model()
     with autocast(CPU, precision):
-        mse(model, BATCH)
+        batch_loss(model, BATCH)
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_fp16_without_scaling_flushes_small_gradients_to_zero():
-    tiny = lambda model, batch: mse(model, batch) * 1e-9  # noqa: E731 - gradients ~1e-9 < fp16's 6e-8
-    rows = {r["parameter"]: r for r in gradient_underflow(small_model(), BATCH, tiny, CPU, loss_scale=2.0**24)}
-    first = rows["0.weight"]
+    tiny = small_model(loss_factor=1e-9)  # gradients ~1e-9 < fp16's 6e-8
+    rows = {r["parameter"]: r for r in gradient_underflow(tiny, BATCH, CPU, loss_scale=2.0**24)}
+    first = rows["net.0.weight"]
     assert first["nonzero_fp32"] > 0
     assert first["zeroed_frac_unscaled"] > 0.9
     assert first["zeroed_frac_scaled"] < 0.05
@@ -72,7 +83,7 @@ def test_train_run_records_scale_and_skips():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     # 2**40 overflows FP16 activations' gradients at once: steps are skipped, the scale halves
     scaler = make_grad_scaler(CPU, "fp16", init_scale=2.0**40)
-    run = train_run(model, [BATCH] * 6, mse, CPU, "fp16", opt, scaler)
+    run = train_run(model, [BATCH] * 6, CPU, "fp16", opt, scaler)
     assert run.skipped and run.skipped[0] == 1
     assert run.scale[0] == 2.0**40 and run.scale[-1] < 2.0**40
     assert len(run.loss) == 6 and all(t > 0 for t in run.step_s)
@@ -81,7 +92,7 @@ def test_train_run_records_scale_and_skips():
 def test_memory_split_counts_model_states():
     model = small_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    split = memory_split(model, (torch.randn(256, 16), torch.zeros(256, 4)), mse, CPU, "fp32", opt)
+    split = memory_split(model, (torch.randn(256, 16), torch.zeros(256, 4)), CPU, "fp32", opt)
     param_bytes = sum(p.numel() * 4 for p in model.parameters())
     assert split["by_category"]["PARAMETER"] == param_bytes
     assert split["by_category"]["OPTIMIZER_STATE"] >= 2 * param_bytes

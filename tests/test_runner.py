@@ -7,6 +7,7 @@ from dslib import claims, cli, jobs
 from dslib.jobs import report
 from dslib.jobs.cookbook import run_book
 from dslib.jobs.params import ParameterError
+from dslib.jobs.record import read_record
 from dslib.jobs.runner import run_notebook
 
 RECORDING = ('from dslib import jobs\nimport matplotlib.pyplot as plt\nrun = jobs.start("01_ok")\n'
@@ -78,3 +79,13 @@ def test_report_table_escapes_and_truncates():
     rows = [{"a": f"x|{i}", "b": 0.123456} for i in range(30)]
     table = report.markdown_table(rows, max_rows=3)
     assert "x\\|0" in table and "0.1235" in table and "27 more rows" in table
+
+
+def test_the_kernel_knows_which_parameters_the_run_set(notebook_factory, tmp_path):
+    """Injected names count even when equal to the default; the rest only when edited."""
+    nb = notebook_factory("given.ipynb", "a = 1\nb = 2\nc = 3",
+                          "from dslib import jobs\nrun = jobs.start('given')\nc = 30  # a hand edit\n"
+                          f"run.table('changed', [{{'names': ','.join(sorted(jobs.changed_parameters({str(tmp_path / 'given.ipynb')!r}, globals())))}}])")
+    result = run_notebook(nb, "smoke", cli_params=[("a", "1")], out=tmp_path / "run")
+    assert result.ok, result.error
+    assert read_record(result.run_dir)["tables"]["changed"] == [{"names": "a,c"}]

@@ -4,7 +4,6 @@ with Transformer-XL memory (two segments), and saves fewer activation bytes per 
 One launch (~15-30 s on 2 loaded cores)."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -45,8 +44,6 @@ def test_reduce_scatter_plus_all_gather_move_what_all_reduce_did(run):
     ({"seq_len": 63, "memory_length": 0}, "tp=2 does not divide the model's seq_len=63"),
     ({"memory_length": 32}, "memory_length=32 must be a multiple of seq_len=64"),
 ])
-def test_unsplittable_shapes_are_refused_before_any_rank_starts(overrides, message):
-    start = time.perf_counter()
+def test_unsplittable_shapes_are_refused_before_any_rank_starts(overrides, message, no_rank_may_start):
     with pytest.raises(ValueError, match=message):
         sp_study([2], overrides=overrides)
-    assert time.perf_counter() - start < 2

@@ -13,8 +13,8 @@ from dslib.env import REPO_ROOT
 from dslib.jobs import slurm
 
 SCRIPT = REPO_ROOT / "scripts" / "local-slurm.sh"
-DISTRIBUTED = ('from dslib import jobs\nfrom dslib.parallel.launch import launch\nrun = jobs.start("01_dist")\n'
-               'result = launch("dslib.parallel.demo:all_reduce_sum", nprocs=ranks, timeout=120)\n'
+DISTRIBUTED = ('from dslib import jobs\nfrom dslib.dist.launch import launch\nrun = jobs.start("01_dist")\n'
+               'result = launch("dslib.dist.demo:all_reduce_sum", nprocs=ranks, timeout=120)\n'
                'run.metric("world_size", result["world_size"])\nrun.metric("sum", result["sum"][0] * scale)\n'
                'run.metric("srun_step", int(result["slurm_step"]))')
 

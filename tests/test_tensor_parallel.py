@@ -6,7 +6,6 @@ explicit Megatron ops and torch's parallelize_module, on the tiny model over two
 """
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -41,8 +40,6 @@ def test_f_and_g_move_what_megatron_predicts(runs):
     assert run["comm_bytes_total"] == run["comm_bytes_formula"] > 0
 
 
-def test_tp_not_dividing_heads_is_refused_before_any_rank_starts():
-    start = time.perf_counter()
+def test_tp_not_dividing_heads_is_refused_before_any_rank_starts(no_rank_may_start):
     with pytest.raises(ValueError, match="tp=3 does not divide the model's num_attention_heads=4"):
         tp_equality(nprocs=3)
-    assert time.perf_counter() - start < 2

@@ -76,7 +76,7 @@ def test_shared_mlp_model_has_the_expected_parameter_count():
 
 
 def test_powersgd_counted_bytes_match_the_matrix_shape_formula():
-    from dslib.parallel.launch import launch
+    from dslib.dist.launch import launch
     from dslib.tune.powersgd import compressed_elements, step_bytes
 
     runs = launch("dslib.tune.powersgd:compare_compression", nprocs=2, timeout=240,
@@ -120,7 +120,7 @@ def test_activation_checkpointing_section_is_validated_before_launch():
     import pytest
     from pydantic import ValidationError
 
-    from dslib.parallel.ds_config import load_ds_config
+    from dslib.dist.ds_config import load_ds_config
 
     with pytest.raises(ValidationError, match="contiguous_memory_optimization needs partition_activations"):
         load_ds_config("zero2", {"activation_checkpointing": {"contiguous_memory_optimization": True}})

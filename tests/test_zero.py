@@ -5,22 +5,21 @@ needs a compiled op: stages 0-3 use torch's AdamW and DeepSpeed's shm all-reduce
 """
 from __future__ import annotations
 
-import time
-
 import pytest
+import torch
 from pydantic import ValidationError
 
-from dslib.parallel import ops
-from dslib.parallel.ds_config import load_ds_config
-from dslib.parallel.launch import LaunchError
-from dslib.parallel.zero import run_zero
+from dslib.dist import ops
+from dslib.dist.ds_config import load_ds_config
+from dslib.dist.launch import LaunchError
+from dslib.studies.zero3 import run_zero
 from dslib.parallel.zero_memory import predicted_model_states
-from dslib.parallel.zero_report import summary_row
+from dslib.studies.zero3_report import summary_row
 
 STEPS = 4
 # wide MLPs: their stage-3 partitions reach DeepSpeed's 1 MiB minimum for NVMe swapping
 WIDE = {"hidden_size": 256, "intermediate_size": 2048}
-OFFLOAD_OPS_BUILT = all(ops.is_built(op) for op in ("cpu_adam", "async_io"))
+OFFLOAD_OPS_BUILT = all(ops.is_built(op) for op in ("cpu_adam", "pin_memory", "async_io"))
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +48,10 @@ def test_stage0_and_stage3_reach_the_same_loss(zero3_run):
     ({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme", "nvme_path": "/tmp"}}},
      "'nvme' needs stage 3"),
 ])
-def test_invalid_config_is_refused_before_any_process_starts(overrides, field):
-    start = time.perf_counter()
+def test_invalid_config_is_refused_before_any_process_starts(overrides, field, no_rank_may_start):
     with pytest.raises(ValidationError) as error:
         run_zero("zero3", nprocs=2, ds_overrides=overrides)
     assert field in str(error.value)
-    assert time.perf_counter() - start < 5  # no rank was launched
 
 
 def test_nvme_config_needs_a_path():
@@ -84,12 +81,36 @@ def test_measured_model_states_match_the_memory_model(zero3_run):
 
 
 @pytest.mark.skipif(not OFFLOAD_OPS_BUILT, reason="needs DeepSpeed's cpu_adam and async_io ops compiled "
-                    "(minutes on a cold cache): run `python -m dslib.parallel.ops build` once")
+                    "(minutes on a cold cache): run `python -m dslib.dist.ops build` once")
 def test_nvme_offload_puts_parameter_partitions_on_disk(tmp_path):
     r = run_zero("zero3_nvme", nprocs=2, model="tiny", model_overrides=WIDE, steps=3, nvme_dir=tmp_path)
     on_nvme = r.memory[0]["params_nvme"]
-    assert on_nvme >= 2**20  # at least one 1 MiB partition was swapped
-    assert r.nvme_bytes[0] >= on_nvme  # and its bytes are in the swap folder
+    assert on_nvme >= 4 * 2**20  # the four MLP partitions (1 MiB each per rank) were swapped
+    for rank, mem in enumerate(r.memory):  # and their bytes are the swap files on disk, on every rank
+        files = sum(f.stat().st_size for f in (tmp_path / f"rank{rank}").rglob("*.swp"))
+        assert files == r.nvme_bytes[rank] == mem["params_nvme"]
+    zero0 = run_zero("zero0", nprocs=2, model="tiny", model_overrides=WIDE, steps=3)
+    assert r.losses == pytest.approx(zero0.losses, rel=1e-5)  # swapped through fp32, not a bf16 buffer
     predicted = predicted_model_states(r.n_params, 3, 2, "cpu", "nvme", r.largest_layer_params)
     assert r.model_state_bytes + on_nvme == pytest.approx(predicted["in_memory"] + predicted["nvme"], rel=0.02)
     assert r.losses[-1] < r.losses[0]
+
+
+def test_deepspeed_conversion_dtype_slip_is_worked_around(monkeypatch):
+    """Why NVMe offload wrote nothing on AVX2-only CPUs: DeepSpeed 0.19.8's ``zero.Init._set_dtype``
+    drops a given dtype where fp16 is unsupported (upstream PR deepspeedai/DeepSpeed#8428), and the
+    engine converts a model by passing its dtype. ops.partition_for_nvme passes none. The machine
+    kind is emulated here (fp16 unsupported, as on AMD EPYC), so the test means the same everywhere."""
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.runtime.config import DeepSpeedConfig as EngineConfig
+    from deepspeed.runtime.zero.partition_parameters import Init
+
+    monkeypatch.setattr(type(get_accelerator()), "is_fp16_supported", lambda self: False)
+    config = EngineConfig(load_ds_config("zero3_nvme").as_dict())
+    probe = object.__new__(Init)
+    Init._set_dtype(probe, config, torch.float32)  # what the engine's own conversion does
+    if probe.dtype == torch.float32:
+        pytest.fail("DeepSpeed now keeps the given dtype: ops.partition_for_nvme's workaround can go")
+    assert probe.dtype == torch.bfloat16
+    Init._set_dtype(probe, config, None)  # what ops.partition_for_nvme does
+    assert probe.dtype == torch.float32

@@ -70,7 +70,7 @@ class NearDedupConfig(_Strict):
     shingle_size: int = Field(5, ge=1, le=20)
     bands: int | None = Field(None, ge=1)
     rows: int | None = Field(None, ge=1)
-    verify: Literal["estimated", "exact", "none"] = "estimated"
+    verify: Literal["estimated", "exact", "none"] = "exact"
     seed: int = 1
 
     @model_validator(mode="after")

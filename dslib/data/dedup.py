@@ -7,9 +7,15 @@ Near dedup in four array passes, never comparing all pairs:
    shingles of a chunk at once; ``np.minimum.reduceat`` takes each document's minimum;
 3. LSH: the signature is cut into ``bands`` bands of ``rows`` values; each band is hashed to
    one 64-bit key and equal keys are grouped by sorting. Two documents become candidates
-   when any band agrees, with probability ``1 - (1 - s^rows)^bands`` at Jaccard ``s``;
-4. candidates are verified (estimated Jaccard from the signatures, or the exact Jaccard of
-   the shingle sets) and joined by union-find; each cluster keeps its first document.
+   when any band agrees, with probability ``1 - (1 - s^rows)^bands`` at Jaccard ``s``:
+   every pair in a bucket (as datasketch's query finds them), up to ``BUCKET_WINDOW``
+   neighbours per member in a larger bucket;
+4. candidates are verified and joined by union-find; each cluster keeps its first document.
+   By default with the exact Jaccard of the shingle sets (vectorised: one sort per chunk of
+   pairs), so every pair over the threshold that shares a band is found and none below it
+   is accepted; the signatures' estimate (``verify='estimated'``) costs about as much and
+   has a standard deviation of ~0.035 at Jaccard 0.8 with 128 permutations, so it rejects
+   some true pairs and accepts some false ones near the threshold.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from dslib.data.pipeline import CorpusStep, column
 MERSENNE_31 = np.uint64((1 << 31) - 1)
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier: spreads sums over 64 bits
 _WORD = re.compile(r"\w+")
+BUCKET_WINDOW = 64  # LSH: in a bucket of more members, each is paired with the next 64 only
 
 
 def words(text: str) -> list[str]:
@@ -162,36 +169,72 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-def lsh_pairs(sig: np.ndarray, bands: int, rows: int, active: np.ndarray | None = None) -> np.ndarray:
-    """Candidate pairs (i, j), i < j, from documents sharing a band bucket. In a bucket every
-    member is paired with the bucket's first member only: linear in the bucket size, and
-    enough for union-find to join the bucket."""
+def lsh_pairs(sig: np.ndarray, bands: int, rows: int, active: np.ndarray | None = None,
+              bucket_window: int = BUCKET_WINDOW) -> np.ndarray:
+    """Candidate pairs (i, j), i < j, of documents sharing a band bucket: every pair within a
+    bucket of at most ``bucket_window + 1`` members. In a larger bucket (members in document
+    order) each member is paired with the ``bucket_window`` members after it, which bounds
+    the work at ``bucket_window`` pairs per member and band; pairs further apart are then
+    joined only through chains of verified pairs."""
     idx = np.arange(sig.shape[0]) if active is None else np.flatnonzero(active)
+    if not len(idx):
+        return np.zeros((0, 2), np.int64)
     keys = band_keys(sig[idx], bands, rows)
-    out = []
+    n = np.int64(sig.shape[0])
+    codes = np.zeros(0, np.int64)  # pair (i, j) as i * n + j: one sort finds the unique pairs
     for band in range(bands):
-        order = np.argsort(keys[:, band], kind="stable")
+        order = np.argsort(keys[:, band], kind="stable")  # stable: a bucket's members in index order
         sorted_keys = keys[order, band]
-        new_bucket = np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]])
-        head = order[np.maximum.accumulate(np.where(new_bucket, np.arange(len(order)), 0))]
-        member = ~new_bucket
-        out.append(np.stack([idx[head[member]], idx[order[member]]], axis=1))
-    pairs = np.concatenate(out) if out else np.zeros((0, 2), np.int64)
-    pairs = np.sort(pairs, axis=1)
-    return np.unique(pairs, axis=0)
+        last = np.flatnonzero(np.concatenate([sorted_keys[1:] != sorted_keys[:-1], [True]]))
+        # per sorted position: how many members of its bucket come after it
+        after = np.repeat(last, np.diff(np.concatenate([[-1], last]))) - np.arange(len(order))
+        pos, found = np.flatnonzero(after > 0), [codes]
+        for step in range(1, bucket_window + 1):
+            pos = pos[after[pos] >= step]
+            if not len(pos):
+                break
+            found.append(idx[order[pos]] * n + idx[order[pos + step]])
+        codes = np.unique(np.concatenate(found))
+    return np.stack([codes // n, codes % n], axis=1)
 
 
-def estimated_jaccard(sig: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    return (sig[pairs[:, 0]] == sig[pairs[:, 1]]).mean(axis=1)
+def estimated_jaccard(sig: np.ndarray, pairs: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Share of signature values two documents agree on, ``chunk`` pairs at a time."""
+    return np.concatenate([(sig[p[:, 0]] == sig[p[:, 1]]).mean(axis=1)
+                           for p in np.split(pairs, range(chunk, len(pairs), chunk))])
 
 
-def exact_jaccard(sh: Shingles, pairs: np.ndarray) -> np.ndarray:
-    out = np.empty(len(pairs))
-    for n, (i, j) in enumerate(pairs):
-        a, b = np.unique(sh.of(i)), np.unique(sh.of(j))
-        inter = len(np.intersect1d(a, b, assume_unique=True))
-        union = len(a) + len(b) - inter
-        out[n] = inter / union if union else 0.0
+def distinct(sh: Shingles) -> Shingles:
+    """Each document's distinct shingle values, sorted."""
+    n_docs = len(sh.starts) - 1
+    tagged = np.sort((np.repeat(np.arange(n_docs, dtype=np.uint64), sh.counts) << np.uint64(32)) | sh.values)
+    tagged = tagged[np.concatenate([[True], tagged[1:] != tagged[:-1]])]
+    counts = np.bincount((tagged >> np.uint64(32)).astype(np.int64), minlength=n_docs)
+    return Shingles(tagged & np.uint64(0xFFFFFFFF), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+
+
+def exact_jaccard(sh: Shingles, pairs: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+    """Jaccard of the shingle sets of each pair, vectorised: both documents' distinct values
+    tagged with the pair's number and sorted together; a value in both sits twice in a row.
+    Pairs go ``chunk`` shingles at a time."""
+    sets = distinct(sh)
+    sizes = sets.counts[pairs].astype(np.int64)  # (n_pairs, 2)
+    out = np.zeros(len(pairs))
+    ends = np.cumsum(sizes.sum(axis=1))
+    lo = 0
+    while lo < len(pairs):
+        hi = max(lo + 1, int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + chunk, side="right")))
+        docs, lengths = pairs[lo:hi].ravel(), sizes[lo:hi].ravel()
+        # positions of every value of every document of the chunk, in pair order
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        where = np.repeat(sets.starts[docs] - offsets, lengths) + np.arange(lengths.sum())
+        pair_of = np.repeat(np.arange(hi - lo, dtype=np.uint64), lengths.reshape(-1, 2).sum(axis=1))
+        tagged = np.sort((pair_of << np.uint64(32)) | sets.values[where])
+        both = tagged[1:][tagged[1:] == tagged[:-1]] >> np.uint64(32)
+        inter = np.bincount(both.astype(np.int64), minlength=hi - lo)
+        union = sizes[lo:hi].sum(axis=1) - inter
+        out[lo:hi] = np.divide(inter, union, out=np.zeros(hi - lo), where=union > 0)
+        lo = hi
     return out
 
 
@@ -234,10 +277,10 @@ class NearDupResult:
 
 
 def near_duplicates(texts: list[str], threshold: float = 0.7, num_perm: int = 128, shingle_size: int = 5,
-                    bands: int | None = None, rows: int | None = None, verify: str = "estimated",
+                    bands: int | None = None, rows: int | None = None, verify: str = "exact",
                     seed: int = 1) -> NearDupResult:
-    """MinHash + LSH near-duplicate clusters. ``verify``: 'estimated' (signature agreement),
-    'exact' (Jaccard of the shingle sets) or 'none' (every LSH candidate is a duplicate)."""
+    """MinHash + LSH near-duplicate clusters. ``verify``: 'exact' (Jaccard of the shingle
+    sets), 'estimated' (signature agreement) or 'none' (every LSH candidate is a duplicate)."""
     if bands is None or rows is None:
         bands, rows = choose_bands(threshold, num_perm)
     if bands * rows > num_perm:

@@ -69,3 +69,13 @@ class StreamLoader:
             raise ValueError(f"loader state is for (batch_size, seq_len, num_tokens)={saved}, "
                              f"this loader has {shape}")
         self.step_in_epoch, self.epoch = int(state["step_in_epoch"]), int(state["epoch"])
+
+
+def random_windows(tokens: torch.Tensor, step: int, global_batch: int, seq_len: int,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global batch of ``step``: ``global_batch`` windows drawn at random from the stream,
+    the same for every stage, world size and resume (the draw depends on seed and step only)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    starts = torch.randint(0, tokens.numel() - seq_len - 1, (global_batch,), generator=gen)
+    windows = torch.stack([tokens[s:s + seq_len + 1] for s in starts.tolist()])
+    return windows[:, :-1], windows[:, 1:]

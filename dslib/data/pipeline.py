@@ -2,8 +2,9 @@
 document with a reason, a funnel of counts, and a parquet of every dropped document.
 
 A step adds a ``_drop`` column ("" = keep, else the reason) and may rewrite ``text``;
-``_detail`` (optional) says why in numbers (the rule's value, the duplicate's id). Two
-kinds of steps:
+``_detail`` (optional) says why in numbers (the rule's value, the duplicate's id). A step
+that rewrites texts may count what it removed per document (``_edit_<kind>`` columns); the
+funnel sums them over the documents the step saw (``Funnel.edits``). Two kinds of steps:
 - ``DocStep``: decides each document alone (cleaning, quality rules, keyword filter); runs
   as a batched ``map`` with ``num_proc`` workers;
 - ``CorpusStep``: needs the whole corpus at once (exact and near dedup).
@@ -26,7 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.table import InMemoryTable
 
-DROP, DETAIL, BYTES = "_drop", "_detail", "_bytes"
+from dslib.io import atomic_path
+
+DROP, DETAIL, BYTES, EDIT = "_drop", "_detail", "_bytes", "_edit_"
 READ_STEP = "read"
 
 
@@ -35,14 +38,16 @@ class DocStep:
 
     name = "doc_step"
 
-    def decide(self, texts: list[str]) -> tuple[list[str], list[str], list[str]]:
+    def decide(self, texts: list[str]) -> tuple:
         """Return (texts, reasons, details): the (possibly rewritten) texts, "" or the drop
-        reason per document, and a short detail string per document."""
+        reason per document, and a short detail string per document; a step that rewrites
+        may add a fourth item, what it removed: {kind: count per document}."""
         raise NotImplementedError
 
     def _batch(self, batch: dict[str, list]) -> dict[str, list]:
-        texts, reasons, details = self.decide(batch["text"])
-        return {"text": texts, DROP: reasons, DETAIL: details}
+        texts, reasons, details, *edits = self.decide(batch["text"])
+        counts = {f"{EDIT}{kind}": values for kind, values in (edits[0] if edits else {}).items()}
+        return {"text": texts, DROP: reasons, DETAIL: details, **counts}
 
     def run(self, ds: datasets.Dataset, num_proc: int = 1, batch_size: int = 1000) -> datasets.Dataset:
         num_proc = max(1, min(num_proc, len(ds) // batch_size))  # workers cost more than tiny sets
@@ -72,11 +77,16 @@ class Funnel:
     input_bytes: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)  # step, docs_in, bytes_in, docs_kept, bytes_kept
     drops: list[dict[str, Any]] = field(default_factory=list)  # step, reason, docs, bytes
+    # step, edit (what was removed), docs (documents that lost any), count (how many in all)
+    edits: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, step: str, docs_in: int, bytes_in: int, dropped: pd.DataFrame,
-            docs_kept: int, bytes_kept: int) -> None:
+            docs_kept: int, bytes_kept: int, edits: dict[str, pa.ChunkedArray] | None = None) -> None:
         """``dropped``: one row per dropped document with columns reason, bytes; the kept
-        counts are measured on what the step actually passed on, not derived."""
+        counts are measured on what the step actually passed on, not derived; ``edits``:
+        kind -> count per document of what the step removed."""
+        self.edits += [{"step": step, "edit": kind, "docs": int(pc.sum(pc.greater(counts, 0)).as_py() or 0),
+                        "count": int(pc.sum(counts).as_py() or 0)} for kind, counts in (edits or {}).items()]
         if len(dropped):
             by_reason = dropped.groupby("reason")["bytes"].agg(["count", "sum"])
             self.drops += [{"step": step, "reason": reason, "docs": int(row["count"]), "bytes": int(row["sum"])}
@@ -114,7 +124,7 @@ class Funnel:
 
     def to_dict(self) -> dict[str, Any]:
         return {"input_docs": self.input_docs, "input_bytes": self.input_bytes, "rows": self.rows,
-                "drops": self.drops}
+                "drops": self.drops, "edits": self.edits}
 
 
 @dataclass
@@ -156,11 +166,8 @@ def _total_bytes(ds: datasets.Dataset) -> int:
 
 
 def _write_rejected(path: Path, step: str, frame: pd.DataFrame) -> None:
-    frame = frame.assign(step=step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        frame.assign(step=step).to_parquet(tmp, index=False)
 
 
 def run_pipeline(ds: datasets.Dataset, steps: list[Any], out_dir: str | Path, num_proc: int = 1,
@@ -200,13 +207,16 @@ def _run(ds: datasets.Dataset, steps: list[Any], out_dir: Path, num_proc: int,
         ds = step.run(ds, num_proc=num_proc) if len(ds) else with_columns(ds, {DROP: [], DETAIL: []})
         # split kept/dropped in Arrow: datasets' select + flatten_indices is ~100x slower here
         table = ds.with_format("arrow")[:]
+        edit_columns = [c for c in table.column_names if c.startswith(EDIT)]
+        edits = {c[len(EDIT):]: table.column(c) for c in edit_columns}
+        table = table.drop_columns(edit_columns)
         keep = pc.equal(table.column(DROP), "")
         dropped = table.filter(pc.invert(keep)).to_pandas().rename(
             columns={DROP: "reason", DETAIL: "detail", BYTES: "bytes"})
         if len(dropped):
             _write_rejected(rejected_dir / f"{number:02d}_{name}.parquet", name, dropped)
         ds = datasets.Dataset(InMemoryTable(table.filter(keep).drop_columns([DROP, DETAIL]).combine_chunks()))
-        funnel.add(name, docs_in, bytes_in, dropped, len(ds), _total_bytes(ds))
+        funnel.add(name, docs_in, bytes_in, dropped, len(ds), _total_bytes(ds), edits)
     funnel.check()
     (out_dir / "funnel.json").write_text(json.dumps(funnel.to_dict(), indent=2))
     return PipelineResult(ds.remove_columns([BYTES]), funnel, rejected_dir, steps)

@@ -172,3 +172,13 @@ def load_shards(folder: str | Path) -> Shards:
     if index.get("format") != FORMAT_VERSION:
         raise ValueError(f"{folder} holds format {index.get('format')!r}, expected {FORMAT_VERSION!r}")
     return Shards(folder, index)
+
+
+def corpus_shards(vocab_size: int, source: str = "kjv", limit: int = 20000) -> Path:
+    """Tokenise the first ``limit`` documents of an installed corpus once (cached BPE and shards);
+    returns the shard folder, which ranks and stages read with ``load_shards``."""
+    from dslib.data.sources import load
+    from dslib.data.tokenizer import get_tokenizer
+
+    texts = list(load(source, limit=limit)["text"])
+    return build_shards(texts, get_tokenizer(texts, vocab_size)).folder

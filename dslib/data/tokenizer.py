@@ -13,6 +13,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from dslib.env import cache_dir
+from dslib.io import atomic_path
 
 EOS = "<|endoftext|>"
 FORMAT_VERSION = "bytebpe-v1"  # bump when the training recipe changes
@@ -83,9 +84,7 @@ def get_tokenizer(texts: Iterable[str], vocab_size: int, cache: Path | None = No
     if path.exists():
         return Tokenizer.load(path)
     tok = train(texts, vocab_size)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tok.save(tmp)
-    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    with atomic_path(path) as tmp:  # a concurrent reader never sees half a file
+        tok.save(tmp)
     tok.path = path
     return tok

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dslib.io import write_text_atomic
 from dslib.jobs.report import claims_ledger, markdown_table
 
 CARD_FILE = "model_card.md"
@@ -75,9 +76,4 @@ class ModelCard:
         return "\n".join(sections)
 
     def write(self, folder: str | Path) -> Path:
-        path = Path(folder) / CARD_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.markdown())
-        tmp.replace(path)
-        return path
+        return write_text_atomic(Path(folder) / CARD_FILE, self.markdown())

@@ -10,6 +10,7 @@ from typing import Callable
 
 from dslib.env import REPO_ROOT, outputs_dir
 from dslib.jobs import report
+from dslib.jobs.budgets import budget_table
 from dslib.jobs.params import DEFAULT_PROFILE
 from dslib.jobs.runner import RunResult, run_notebook
 
@@ -41,5 +42,6 @@ def run_book(profile: str = DEFAULT_PROFILE, only: list[str] | None = None, out:
         echo(f"[{i}/{len(notebooks)}] {nb.stem}: {state} ({result.wall_s:.1f} s, "
              f"total {time.perf_counter() - start:.0f} s)", flush=True)
     md, html = report.build([r.run_dir for r in results], book)
+    echo(budget_table({r.run_dir.name: r.wall_s for r in results}, profile))
     echo(f"report: {md} and {html}")
     return results, md

@@ -4,10 +4,18 @@ papermill only warns about an unknown parameter name and writes it into the inje
 cell as code, so ``-p "x = 1; import os" 1`` would execute. Here every name must be one the
 notebook declares in its ``parameters`` cell, and every value is converted to the type
 of the notebook's default; anything else is an error naming the parameter.
+
+Values are read as YAML, but numbers as Python reads them: YAML 1.1 (PyYAML) takes ``1e-3``
+and ``3E-3`` for strings; here every exponent form Python reads is a float
+(in -p values, lists, profiles and parameter files alike), and a float parameter accepts
+every form ``float()`` accepts (``inf``, ``nan``, ``1_000.0``). Ints stay strict: ``7.0`` or
+``1e3`` for an int parameter is an error.
 """
 from __future__ import annotations
 
 import ast
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +24,25 @@ import yaml
 from dslib.env import REPO_ROOT
 
 PROFILES_DIR = REPO_ROOT / "configs" / "profiles"
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+GIVEN_VAR = "DSLIB_GIVEN_PARAMETERS"  # names the runner injected (profile, -f file, -p), for the kernel
 DEFAULT_PROFILE = "cpu"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with Python's exponent floats (``1e-3``), which YAML 1.1 leaves as strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
 
 
 class ParameterError(ValueError):
@@ -50,7 +74,7 @@ def profile_overrides(profile: str, stem: str) -> dict[str, Any]:
     path = PROFILES_DIR / f"{profile}.yaml"
     if not path.exists():
         raise ParameterError(f"unknown profile {profile!r}; available: {', '.join(available_profiles())}")
-    sections = yaml.safe_load(path.read_text()) or {}
+    sections = _load_yaml(path.read_text()) or {}
     if not isinstance(sections, dict):
         raise ParameterError(f"{path}: expected a mapping of notebook stem -> parameters")
     merged: dict[str, Any] = {}
@@ -68,14 +92,19 @@ def convert(name: str, raw: Any, default: Any) -> Any:
     if raw is None or (isinstance(raw, str) and target is not str and raw in ("None", "null")):
         return None  # "no value" (e.g. no document limit) is allowed for any parameter
     if default is None:
-        return yaml.safe_load(raw) if isinstance(raw, str) else raw
+        return _load_yaml(raw) if isinstance(raw, str) else raw
     if isinstance(raw, str) and target is not str:
         if target is bool:
             if raw.lower() in _TRUE | _FALSE:
                 return raw.lower() in _TRUE
             raise ParameterError(f"parameter {name!r}: {raw!r} is not a boolean (true/false)")
+        if target is float:
+            try:
+                return float(raw)
+            except ValueError:
+                pass  # ".inf" and other YAML spellings, or an error below
         try:
-            raw = yaml.safe_load(raw)
+            raw = _load_yaml(raw)
         except yaml.YAMLError as err:
             raise ParameterError(f"parameter {name!r}: cannot parse {raw!r}: {err}") from None
     if target is float and isinstance(raw, int) and not isinstance(raw, bool):
@@ -99,7 +128,7 @@ def resolve(notebook: str | Path, profile: str = DEFAULT_PROFILE, params_file: s
     defaults = declared_parameters(notebook)
     layers: list[tuple[str, dict[str, Any]]] = [(f"profile {profile!r}", profile_overrides(profile, notebook.stem))]
     if params_file is not None:
-        loaded = yaml.safe_load(Path(params_file).read_text()) or {}
+        loaded = _load_yaml(Path(params_file).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ParameterError(f"{params_file}: expected a mapping of parameter -> value")
         layers.append((str(params_file), loaded))
@@ -112,3 +141,15 @@ def resolve(notebook: str | Path, profile: str = DEFAULT_PROFILE, params_file: s
                                      f"its parameters are: {', '.join(defaults)}")
             resolved[name] = convert(name, raw, defaults[name])
     return resolved
+
+
+def changed_parameters(notebook: str | Path, namespace: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of ``notebook`` (a stem in notebooks/, or a path) that this run sets: those the runner injected (from
+    the profile, a -f file or -p, even when equal to the default) and those whose value differs
+    from the notebook's declared default (edited by hand in JupyterLab). A notebook whose own
+    defaults mirror a config file passes only these, so that the file decides the rest."""
+    path = Path(notebook) if str(notebook).endswith(".ipynb") else NOTEBOOKS_DIR / f"{notebook}.ipynb"
+    defaults = declared_parameters(path)
+    given = set(filter(None, os.environ.get(GIVEN_VAR, "").split(",")))
+    return {name: namespace[name] for name, default in defaults.items()
+            if name in namespace and (name in given or namespace[name] != default)}

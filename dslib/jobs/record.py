@@ -12,38 +12,19 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from dslib import claims
-from dslib.env import outputs_dir
+from dslib.env import RUN_DIR_VAR, outputs_dir
+from dslib.io import jsonable, write_json_atomic
 
-RUN_DIR_VAR = "DSLIB_RUN_DIR"
 METRICS_FILE = "metrics.json"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=_jsonable)
-    os.replace(tmp, path)
-
-
-def _jsonable(value: Any) -> Any:
-    """Numpy/torch scalars and arrays become plain Python values."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
-
-
 def _clean_number(value: Any) -> float | int | None:
-    value = _jsonable(value) if not isinstance(value, (int, float)) else value
+    value = jsonable(value) if not isinstance(value, (int, float)) else value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"a metric must be a number, got {type(value).__name__}: {value!r}")
     return None if isinstance(value, float) and not math.isfinite(value) else value
@@ -74,7 +55,7 @@ class Run:
     def table(self, name: str, rows: Any) -> Any:
         """Record a table: a pandas DataFrame or a list of dicts. Returns ``rows``."""
         records = rows.to_dict(orient="records") if hasattr(rows, "to_dict") else list(rows)
-        self.tables[name] = json.loads(json.dumps(records, default=_jsonable))
+        self.tables[name] = json.loads(json.dumps(records, default=jsonable))
         self._save()
         return rows
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dslib import claims
+from dslib.jobs.budgets import budget_rows
 from dslib.jobs.record import METRICS_FILE, read_record
 
 MAX_TABLE_ROWS = 25
@@ -99,6 +100,25 @@ def claims_ledger(records: dict[Path, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def run_wall_times(records: dict[Path, dict[str, Any]]) -> tuple[dict[str, float], str]:
+    """(stem -> wall seconds, profile) of the runs that finished; the profile of the first."""
+    walls = {r.get("stem", d.name): r["run"]["wall_s"] for d, r in records.items() if "wall_s" in r.get("run", {})}
+    profiles = [r["run"]["profile"] for r in records.values() if "profile" in r.get("run", {})]
+    return walls, profiles[0] if profiles else ""
+
+
+def budgets_section(records: dict[Path, dict[str, Any]]) -> str:
+    """Each notebook's wall time against its profile's budget (reported, never asserted)."""
+    walls, profile = run_wall_times(records)
+    if not walls:
+        return ""
+    rows = budget_rows(walls, profile)
+    return (f"## Time budgets ({profile} profile)\n\nMeasured on this run's machine; a budget is reported, "
+            "not asserted.\n\n" + markdown_table([{**{k: "-" if v is None else v for k, v in r.items()},
+                                                   "over": "OVER" if r["over"] else ""} for r in rows],
+                                                  max_rows=len(rows)))
+
+
 def latest_records(root: Path, exclude: Path | None = None) -> dict[Path, dict[str, Any]]:
     """The newest full run of each notebook anywhere under ``root`` (book, runs, jobs), by start
     time. A notebook with no full run gets its newest smoke or JupyterLab record (file time for
@@ -128,7 +148,7 @@ def build(run_dirs: list[Path], out_dir: Path, title: str = "The dslib cookbook"
                                "status": r.get("run", {}).get("status", "missing"),
                                "wall_s": r.get("run", {}).get("wall_s", "")}
                               for d, r in records.items()], max_rows=len(records))
-    body = "\n\n".join([f"# {title}\n", summary, claims_ledger(records),
+    body = "\n\n".join([f"# {title}\n", summary, budgets_section(records), claims_ledger(records),
                         *(chapter_section(d, r, out_dir) for d, r in records.items())])
     return _write(out_dir, body, title)
 

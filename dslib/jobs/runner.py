@@ -18,9 +18,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from traitlets.config import Config
+
 from dslib.env import REPO_ROOT, outputs_dir
 from dslib.jobs import params as P
-from dslib.jobs.record import METRICS_FILE, RUN_DIR_VAR, read_record, write_json_atomic
+from dslib.io import write_json_atomic
+from dslib.jobs import tracking
+from dslib.jobs.record import METRICS_FILE, RUN_DIR_VAR, read_record
 
 
 @dataclass
@@ -77,11 +81,23 @@ def provenance() -> dict[str, Any]:
     }
 
 
+def kernel_config() -> Config:
+    """Kernel manager settings for papermill: CurveZMQ keys for the kernel's sockets, which
+    ipykernel's kernelspec declares it supports (jupyter_client's documented switch). The
+    kernel then talks encrypted and no longer warns "running over TCP without encryption"
+    at every start."""
+    config = Config()
+    config.KernelManager.transport_encryption = "auto"
+    return config
+
+
 @contextlib.contextmanager
-def _kernel_env(run_dir: Path) -> Iterator[None]:
-    """The kernel inherits this process's environment: point it at the run dir and this repo."""
-    saved = {k: os.environ.get(k) for k in (RUN_DIR_VAR, "PYTHONPATH", "MPLBACKEND")}
+def _kernel_env(run_dir: Path, given: list[str]) -> Iterator[None]:
+    """The kernel inherits this process's environment: point it at the run dir and this repo,
+    and name the parameters this run injects (``params.changed_parameters`` reads them)."""
+    saved = {k: os.environ.get(k) for k in (RUN_DIR_VAR, "PYTHONPATH", "MPLBACKEND", P.GIVEN_VAR)}
     os.environ[RUN_DIR_VAR] = str(run_dir.resolve())
+    os.environ[P.GIVEN_VAR] = ",".join(given)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), saved["PYTHONPATH"]]))
     os.environ.pop("MPLBACKEND", None)  # Agg would stop figures from embedding in the notebook
     try:
@@ -137,10 +153,10 @@ def run_notebook(notebook: str | Path, profile: str = P.DEFAULT_PROFILE,
                               **provenance()})
     start, error = time.perf_counter(), ""
     try:
-        with _kernel_env(run_dir), _log_to(run_dir / "run.log"):
+        with _kernel_env(run_dir, list(parameters)), _log_to(run_dir / "run.log"):
             pm.execute_notebook(str(notebook), str(executed), parameters=parameters, progress_bar=False,
                                 log_output=True, cwd=str(notebook.parent.resolve()),
-                                start_timeout=start_timeout)
+                                start_timeout=start_timeout, config=kernel_config())
     except PapermillExecutionError as err:
         error = f"cell {err.cell_index}: {err.ename}: {err.evalue}"
     except Exception as err:  # kernel died, timeout: the run failed, the record says why
@@ -148,4 +164,5 @@ def run_notebook(notebook: str | Path, profile: str = P.DEFAULT_PROFILE,
     wall = time.perf_counter() - start
     _write_run_info(run_dir, {"status": "failed" if error else "ok", "error": error,
                               "wall_s": round(wall, 2)})
+    tracking.log_run(run_dir)
     return RunResult(ok=not error, run_dir=run_dir, notebook=executed, wall_s=wall, error=error)

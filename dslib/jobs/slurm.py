@@ -1,7 +1,7 @@
 """Notebooks as Slurm jobs: render an sbatch script, submit it, follow the job.
 
 The job runs ``dslib run`` on the first node of the allocation; the notebook's distributed
-steps (``dslib.parallel.launch``) see the allocation and start their ranks with srun.
+steps (``dslib.dist.launch``) see the allocation and start their ranks with srun.
 Parameters are checked against the notebook before anything is submitted.
 """
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 
 from dslib.env import REPO_ROOT, outputs_dir
 from dslib.jobs import params as P
-from dslib.jobs.record import read_record, write_json_atomic
+from dslib.io import write_json_atomic
+from dslib.jobs.record import read_record
 
 TEMPLATE = REPO_ROOT / "configs" / "slurm" / "job.sbatch"
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",

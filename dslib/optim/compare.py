@@ -20,16 +20,7 @@ import torch
 from torch import nn
 
 from dslib.optim.lion import ArticleSignAdam, Lion
-
-LossFn = Callable[[nn.Module, Any], torch.Tensor]
-
-
-def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Loss of a model called as ``model(idx, targets=...)`` returning ``.loss`` (and ``.aux_loss``)."""
-    idx, targets = batch
-    out = model(idx, targets=targets)
-    aux = getattr(out, "aux_loss", None)
-    return out.loss if aux is None else out.loss + aux
+from dslib.train.step import Batch, OptimizerStepper, batch_loss, train_step
 
 
 @dataclass(frozen=True)
@@ -86,31 +77,27 @@ class Curve:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, val_batches: list, loss_fn: LossFn) -> float:
+def mean_loss(model: nn.Module, batches: list[Batch]) -> float:
+    """Mean of ``batch_loss`` over ``batches``, in eval mode (restored to train mode after)."""
     model.eval()
-    loss = sum(loss_fn(model, b).item() for b in val_batches) / len(val_batches)
+    loss = sum(batch_loss(model, b).item() for b in batches) / len(batches)
     model.train()
     return loss
 
 
 def train_curve(model_fn: Callable[[], nn.Module], spec: OptimizerSpec, seed: int,
-                batch_fn: Callable[[int], Any], val_batches: list, steps: int, eval_every: int,
-                loss_fn: LossFn = lm_loss, grad_clip: float | None = 1.0) -> Curve:
+                batch_fn: Callable[[int], Batch], val_batches: list[Batch], steps: int, eval_every: int,
+                grad_clip: float = 1.0) -> Curve:
     """Train a fresh model (initialised from ``seed``) for ``steps`` steps with one optimizer."""
     torch.manual_seed(seed)
     model = model_fn()
     model.train()
-    optimizer = spec.build(model.parameters())
+    stepper = OptimizerStepper(spec.build(model.parameters()), grad_clip=grad_clip)
     curve = Curve(spec, seed)
     elapsed = 0.0
     for step in range(1, steps + 1):
         start = time.perf_counter()
-        loss = loss_fn(model, batch_fn(step))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        loss = train_step(model, batch_fn(step), stepper).loss
         elapsed += time.perf_counter() - start
         curve.steps.append(step)
         curve.train_loss.append(loss.item())
@@ -118,7 +105,7 @@ def train_curve(model_fn: Callable[[], nn.Module], spec: OptimizerSpec, seed: in
         if step % eval_every == 0 or step == steps:
             curve.val_steps.append(step)
             curve.val_wall_s.append(elapsed)
-            curve.val_loss.append(evaluate(model, val_batches, loss_fn))
+            curve.val_loss.append(mean_loss(model, val_batches))
     return curve
 
 

@@ -32,7 +32,7 @@ from torch import nn
 from dslib.env import synchronize
 from dslib.model import ModelConfig, TransformerXL, load_config, sinusoidal_embedding
 from dslib.model.transformer_xl import Block
-from dslib.parallel.ds_config import load_ds_config
+from dslib.dist.ds_config import load_ds_config
 
 
 @contextlib.contextmanager
@@ -149,12 +149,12 @@ def pipe_ds_config(micro_batch: int, micro_batches: int, base: str = "zero0") ->
 
 def micro_batch_stream(tokens: torch.Tensor, micro: int, micro_batches: int, seq_len: int,
                        seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(inputs, targets) micro-batches: step s's global batch (zero.token_batches) cut into m pieces."""
-    from dslib.parallel.zero import token_batches
+    """(inputs, targets) micro-batches: step s's global batch (dslib.data.loader.random_windows) cut into m pieces."""
+    from dslib.data.loader import random_windows
 
     step = 0
     while True:
-        x, y = token_batches(tokens, step, micro * micro_batches, seq_len, seed)
+        x, y = random_windows(tokens, step, micro * micro_batches, seq_len, seed)
         for k in range(micro_batches):
             yield x[k * micro:(k + 1) * micro], y[k * micro:(k + 1) * micro]
         step += 1
@@ -203,7 +203,7 @@ def build_engine(config: ModelConfig, ds_config: dict, partition_method: str, se
     from deepspeed.pipe import PipelineModule
 
     from dslib.env import dist_backend
-    from dslib.parallel.ops import initialize_engine
+    from dslib.dist.ops import initialize_engine
 
     deepspeed.init_distributed(dist_backend=dist_backend())  # adopts the launcher's process group
     module = PipelineModule(layers=pipe_layers(config, seed), num_stages=None if topology else stages,
@@ -244,7 +244,7 @@ def train_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed:
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
     from dslib.data.shards import load_shards
-    from dslib.parallel.worker import resolve_entry
+    from dslib.dist.worker import resolve_entry
 
     tokens = torch.from_numpy(load_shards(shards).tokens("train").astype("int64"))
     edit = None
@@ -284,8 +284,8 @@ def run_pipeline(runs: list[dict], stages: int = 2, micro_batch: int = 2, steps:
     (one launch) with DeepSpeed's pipeline engine. A run: {"config": ModelConfig, "partition_method",
     "micro_batches", "label"}. ``tensor`` > 1 uses PipeModelDataParallelTopology(num_pp=stages,
     num_mp=tensor, num_dp=1) and needs ``transform`` (the tensor-parallel rewrite of each stage)."""
-    from dslib.parallel.launch import launch
-    from dslib.parallel.zero import prepare_shards
+    from dslib.dist.launch import launch
+    from dslib.data.shards import corpus_shards
 
     nprocs = stages * tensor
     for run in runs:
@@ -295,7 +295,7 @@ def run_pipeline(runs: list[dict], stages: int = 2, micro_batch: int = 2, steps:
     vocab = min(run["config"].vocab_size for run in runs)  # token ids valid for every run's embedding
     kwargs = dict(runs=[{**run, "config": run["config"].model_dump(), "label": run.get("label", "")} for run in runs],
                   ds_config=pipe_ds_config(micro_batch, 1), steps=steps, seed=seed,
-                  shards=str(prepare_shards(vocab, limit=token_docs)), stages=stages,
+                  shards=str(corpus_shards(vocab, limit=token_docs)), stages=stages,
                   topology_dims=dict(num_pp=stages, num_mp=tensor, num_dp=1) if tensor > 1 else None,
                   transform=transform)
     return launch(entry="dslib.parallel.pipeline:train_rank", nprocs=nprocs, kwargs=kwargs, timeout=timeout)

@@ -149,32 +149,23 @@ def train_reference(config: ModelConfig, ds_config: dict, shards: str, steps: in
     weights, the config's AdamW, the same micro-batches accumulated per step. Losses per step."""
     from dslib.data.shards import load_shards
     from dslib.env import device
+    from dslib.train.step import OptimizerStepper, train_step
 
     model = reference_model(config, seed).to(device())
     params = {k: v for k, v in ds_config["optimizer"]["params"].items() if k != "torch_adam"}
-    optimizer = torch.optim.AdamW(model.parameters(), **params)
+    stepper = OptimizerStepper(torch.optim.AdamW(model.parameters(), **params))
     m, micro = ds_config["gradient_accumulation_steps"], ds_config["train_micro_batch_size_per_gpu"]
     tokens = torch.from_numpy(load_shards(shards).tokens("train").astype("int64"))
     data = micro_batch_stream(tokens, micro, m, config.seq_len, seed)
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad()
-        total = 0.0
-        for _ in range(m):
-            x, y = (t.to(device()) for t in next(data))
-            loss = model(x, targets=y).loss
-            (loss / m).backward()
-            total += loss.item()
-        optimizer.step()
-        losses.append(total / m)
-    return losses
+    return [train_step(model, [tuple(t.to(device()) for t in next(data)) for _ in range(m)], stepper).loss.item()
+            for _ in range(steps)]
 
 
 def run_3d(model: str = "tiny", model_overrides: dict | None = None, pipeline: int = 2, tensor: int = 2,
            micro_batches: int = 4, micro_batch: int = 2, steps: int = 10, seed: int = 0,
            token_docs: int = 2000, timeout: float = 600) -> dict[str, Any]:
     """dp=1 x pp=pipeline x tp=tensor training against the single-process run: both loss curves."""
-    from dslib.parallel.zero import prepare_shards
+    from dslib.data.shards import corpus_shards
 
     config = pipe_config(model, **(model_overrides or {}))
     run = run_pipeline([{"config": config, "partition_method": "type:BlockPipe", "micro_batches": micro_batches,
@@ -182,7 +173,7 @@ def run_3d(model: str = "tiny", model_overrides: dict | None = None, pipeline: i
                        seed=seed, transform="dslib.parallel.pipeline:tensor_parallel_stage", token_docs=token_docs,
                        timeout=timeout)[0]
     single = train_reference(config, pipe_ds_config(micro_batch, micro_batches),
-                             str(prepare_shards(config.vocab_size, limit=token_docs)), steps, seed)
+                             str(corpus_shards(config.vocab_size, limit=token_docs)), steps, seed)
     return {"layout": f"dp=1 x pp={pipeline} x tp={tensor}", "stages": describe_stages(run),
             "stage_params": run.stage_params, "losses_3d": run.losses, "losses_single": single,
             "max_abs_diff": max(abs(a - b) for a, b in zip(run.losses, single))}

@@ -1,7 +1,7 @@
 """Studies chapter 06 runs on N ranks: tensor/sequence parallel against one process.
 
 `*_rank` functions are launch entries (they run inside each rank); the plain functions
-launch them through dslib.parallel.launch and return plain dicts for the notebook.
+launch them through dslib.dist.launch and return plain dicts for the notebook.
 Every rank builds the same seeded model, so the reference (unsplit) run is computed
 in-rank on a copy, with the same inputs: the diffs compare like with like.
 """
@@ -18,7 +18,7 @@ from dslib.env import device, synchronize
 from dslib.model import TransformerXL, load_config
 from dslib.parallel import tensor
 from dslib.parallel.grid import build_grid, validate_grid
-from dslib.parallel.launch import launch
+from dslib.dist.launch import launch
 
 
 def _model_and_batches(model: str, batch_size: int, segments: int, seed: int,

@@ -1,147 +1,118 @@
-"""DeepSpeed ZeRO runs of the chapter-03 model on several ranks, measured (chapter 05).
+"""ZeRO on several ranks: the training recipe under DeepSpeed (stages 1-3), and an engine's teardown.
 
-``run_zero("zero3", nprocs=2, steps=8)`` validates configs/deepspeed/zero3.json in this process,
-then launches ``train_rank`` on every rank through dslib.parallel.launch. Each rank builds the
-same model from the same seed, trains it with ``deepspeed.initialize`` on its slice of the same
-token batches, and measures, on the last step between backward and optimizer step, its
-model-state bytes from DeepSpeed's own tensors (dslib.parallel.zero_memory), its RSS, and what
-NVMe offload wrote to the swap folder. Rank 0 returns a ``ZeroResult`` with every rank's numbers.
+``train_zero`` trains with the same recipe as the single-process ``Trainer`` (the model from
+one seed, the warmup + cosine schedule, gradient clipping, weight decay on matrices only, the
+forward under the precision's autocast with FP32 master weights, Transformer-XL memory carried
+along each lane), every step the book's one step with an ``EngineStepper``. DeepSpeed
+partitions the optimizer states (stage 1), the gradients (2) and the parameters (3) over the
+ranks. Each rank reads its own contiguous share of the training stream in
+``batch_size / world`` lanes, so a step sees ``batch_size`` lanes in all, as one process does.
 
-Checkpoints use DeepSpeed's own format (``engine.save_checkpoint`` / ``load_checkpoint``):
-``save_dir`` + ``save_every`` write them, ``resume=True`` continues from the latest one, and
-``kill_at_step`` makes ``kill_rank`` SIGKILL itself right after that step's checkpoint (the
-launcher then stops every rank and names the dead one).
+The optimizer comes from DeepSpeed's config (chapter 08): AdamW (torch's, no op to build) or
+Lion, which on a CPU exists only as the offloaded DeepSpeedCPULion (the prebuilt ``cpu_lion``
+op). Rank 0 returns a ``TrainResult`` (each step's loss averaged over the ranks) and the full
+FP32 weights, gathered first under stage 3. Chapter 05's measured runs are in
+dslib.studies.zero3.
 """
 from __future__ import annotations
 
-import os
-import signal
+import gc
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 
+from dslib.data.loader import StreamLoader
+from dslib.data.shards import load_shards
+from dslib.dist.ds_config import DeepSpeedConfig, engine_config
+from dslib.dist.launch import launch
+from dslib.dist.ops import initialize_engine
 from dslib.env import device
-from dslib.parallel.ds_config import DeepSpeedConfig, load_ds_config
+from dslib.model import ModelConfig, build_model
+from dslib.train.recipe import TrainConfig, lr_at, param_groups
+from dslib.train.step import EngineStepper, carried_memory, train_step
+from dslib.train.trainer import TrainResult
+from dslib.tune.checkpointing import apply_checkpointing
+
+Optimizer = Literal["adamw", "lion"]
 
 
-@dataclass
-class ZeroResult:
-    config: str
-    stage: int
-    offload_optimizer: str
-    offload_param: str
-    world_size: int
-    n_params: int
-    largest_layer_params: int
-    losses: list[float]                      # global-batch mean loss of each step run here
-    step_times: list[float]                  # seconds per step (rank 0)
-    memory: list[dict[str, int]]             # per rank: model-state components (bytes)
-    process: list[dict[str, int]]            # per rank: rss, rss_peak (bytes)
-    nvme_bytes: list[int]                    # per rank: bytes in its swap folder after the run
-    first_step: int = 0                      # 0, or the step a resumed run started from
-    ds_config: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def model_state_bytes(self) -> int:
-        """Rank 0's model states in memory (excluding what lives on NVMe)."""
-        return sum(v for k, v in self.memory[0].items() if k != "params_nvme")
-
-    @property
-    def step_time(self) -> float:
-        """Median step time after the first (warm-up) step."""
-        times = sorted(self.step_times[1:] or self.step_times)
-        return times[len(times) // 2]
+def ds_optimizer(name: Optimizer, cfg: TrainConfig) -> dict[str, Any]:
+    """DeepSpeed's optimizer section for the recipe's hyper-parameters."""
+    params = {"lr": cfg.lr, "betas": list(cfg.betas), "weight_decay": cfg.weight_decay}
+    if name == "adamw":
+        return {"type": "AdamW", "params": {**params, "torch_adam": True}}
+    if name == "lion":
+        return {"type": "Lion", "params": params}
+    raise ValueError(f"optimizer must be 'adamw' or 'lion', got {name!r}")
 
 
-def token_batches(tokens: torch.Tensor, step: int, global_batch: int, seq_len: int,
-                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The global batch of ``step``: the same windows for every stage, world size and resume."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    starts = torch.randint(0, tokens.numel() - seq_len - 1, (global_batch,), generator=gen)
-    windows = torch.stack([tokens[s:s + seq_len + 1] for s in starts.tolist()])
-    return windows[:, :-1], windows[:, 1:]
+def zero_config(cfg: TrainConfig, stage: int, optimizer: Optimizer, world: int) -> dict[str, Any]:
+    """The DeepSpeed config of a run, validated here (before any rank starts)."""
+    if stage not in (1, 2, 3):
+        raise ValueError(f"zero stage must be 1, 2 or 3 here (0 is the single-process Trainer), got {stage}")
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size={cfg.batch_size} does not split over {world} ranks")
+    offload = optimizer == "lion" and device().type == "cpu"  # DeepSpeed has no in-place CPU Lion
+    config = engine_config(cfg.batch_size // world, "fp32", stage, ds_optimizer(optimizer, cfg), offload)
+    config["gradient_clipping"] = cfg.grad_clip
+    return DeepSpeedConfig(**config).as_dict()
 
 
-def prepare_shards(vocab_size: int, source: str = "kjv", limit: int = 20000) -> Path:
-    """Tokenise ``limit`` documents of a corpus once (cached shards); returns the folder the ranks read."""
-    from dslib.data.shards import build_shards
-    from dslib.data.sources import load
-    from dslib.data.tokenizer import get_tokenizer
+def _full_state_dict(engine: Any, stage: int) -> dict[str, torch.Tensor] | None:
+    """Every rank must call this (stage 3 gathers the partitions); rank 0 gets FP32 CPU weights."""
+    import deepspeed  # seconds to import: only where an engine runs
 
-    texts = list(load(source, limit=limit)["text"])
-    return build_shards(texts, get_tokenizer(texts, vocab_size)).folder
-
-
-def _largest_module_params(model: torch.nn.Module) -> int:
-    """Parameters of the largest leaf module: what stage 3 gathers whole at one time."""
-    return max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=stage == 3):
+        if dist.get_rank() == 0:
+            return {k: v.detach().float().cpu().clone() for k, v in engine.module.state_dict().items()}
+    return None
 
 
-def train_rank(ds_config: dict, model: str, model_overrides: dict, shards: str, steps: int,
-               seed: int = 0, nvme_dir: str | None = None, save_dir: str | None = None,
-               save_every: int = 0, resume: bool = False, kill_at_step: int = -1,
-               kill_rank: int = 1, config_name: str = "") -> ZeroResult:
-    """One rank of a ZeRO run (called by dslib.parallel.worker with torch.distributed up)."""
-    import torch.distributed as dist
-
-    from dslib.data.shards import load_shards
-    from dslib.model import TransformerXL, load_config
-    from dslib.parallel.ops import initialize_engine
-    from dslib.parallel.zero_memory import folder_bytes, model_state_bytes, process_memory
-
+def train_zero_rank(model_config: dict[str, Any], train_config: dict[str, Any], shards: str,
+               ds_config: dict[str, Any], checkpoint_every: int | None = None
+               ) -> tuple[TrainResult, dict[str, torch.Tensor]] | None:
+    """One rank (called by dslib.dist.worker with torch.distributed up)."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    cfg = DeepSpeedConfig(**ds_config)
-    swap_dir = None
-    if cfg.offload_device("param") == "nvme" or cfg.offload_device("optimizer") == "nvme":
-        swap_dir = Path(nvme_dir) / f"rank{rank}"  # one folder per rank, so each counts its own bytes
-        for section in ("offload_param", "offload_optimizer"):
-            if ds_config["zero_optimization"].get(section, {}).get("device") == "nvme":
-                ds_config["zero_optimization"][section]["nvme_path"] = str(swap_dir)
-    torch.manual_seed(seed)  # identical initial weights on every rank and every stage
-    model_cfg = load_config(model, **model_overrides)
-    net = TransformerXL(model_cfg).to(device())
-    n_params = sum(p.numel() for p in net.parameters())
-    largest = _largest_module_params(net)
-    engine = initialize_engine(net, ds_config)
-    first_step = 0
-    if resume:
-        load_path, _ = engine.load_checkpoint(save_dir)
-        if load_path is None:
-            raise FileNotFoundError(f"resume=True but no DeepSpeed checkpoint in {save_dir}")
-        first_step = engine.global_steps
-    tokens = torch.from_numpy(load_shards(shards).tokens("train").astype("int64"))
-    micro = cfg.train_micro_batch_size_per_gpu
-    losses, step_times, memory = [], [], {}
-    for step in range(first_step, steps):
-        start = time.perf_counter()
-        x, y = token_batches(tokens, step, micro * world, model_cfg.seq_len, seed)
-        x, y = (t[rank * micro:(rank + 1) * micro].to(engine.device) for t in (x, y))
-        out = engine(x, targets=y)
-        engine.backward(out.loss + out.aux_loss)
-        if step == steps - 1:
-            memory = model_state_bytes(engine)
-        engine.step()
-        loss = out.loss.detach().clone()
-        dist.all_reduce(loss)
-        losses.append(loss.item() / world)
-        step_times.append(time.perf_counter() - start)
-        if save_dir and save_every and (step + 1) % save_every == 0:
-            engine.save_checkpoint(save_dir, tag=f"step{step + 1}")
-        if step + 1 == kill_at_step:
-            dist.barrier()  # the checkpoint is complete on every rank
-            if rank == kill_rank:
-                os.kill(os.getpid(), signal.SIGKILL)
-    per_rank = [None] * world
-    dist.all_gather_object(per_rank, (memory, process_memory(), folder_bytes(swap_dir)))
-    release_engine(engine)
-    return ZeroResult(config=config_name, stage=cfg.stage, offload_optimizer=cfg.offload_device("optimizer"),
-                      offload_param=cfg.offload_device("param"), world_size=world, n_params=n_params,
-                      largest_layer_params=largest, losses=losses, step_times=step_times,
-                      memory=[r[0] for r in per_rank], process=[r[1] for r in per_rank],
-                      nvme_bytes=[r[2] for r in per_rank], first_step=first_step, ds_config=ds_config)
+    cfg = TrainConfig(**train_config)
+    # the same initial weights as the single-process run
+    model = build_model(ModelConfig(**model_config), cfg.seed, device())
+    apply_checkpointing(model, checkpoint_every)
+    engine = initialize_engine(
+        model, ds_config, param_groups(model, cfg.weight_decay),
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg) / cfg.lr))
+    tokens = load_shards(shards).tokens("train")
+    share = len(tokens) // world
+    loader = StreamLoader(tokens[rank * share:(rank + 1) * share], cfg.batch_size // world, cfg.seq_len,
+                          engine.device)
+    losses, mems, stepper = torch.zeros(cfg.steps, device=engine.device), None, EngineStepper(engine)
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        mems = carried_memory(mems, loader.at_start, cfg.use_memory)
+        result = train_step(engine, loader.next_batch(), stepper, mems, cfg.precision)  # the engine clips
+        mems = result.out.mems if cfg.use_memory else None
+        losses[step] = result.loss
+    seconds = time.perf_counter() - start
+    dist.all_reduce(losses)
+    state = _full_state_dict(engine, ds_config["zero_optimization"]["stage"])
+    if rank != 0:
+        return None
+    result = TrainResult(losses=(losses / world).tolist(), history=[], evals=[],
+                         tokens_per_s=cfg.steps * cfg.batch_size * cfg.seq_len / seconds)
+    return result, state
+
+
+def train_zero(model_config: Any, cfg: TrainConfig, shards_folder: str | Path, stage: int,
+               optimizer: Optimizer = "adamw", checkpoint_every: int | None = None, nprocs: int = 2,
+               timeout: float = 900) -> tuple[TrainResult, dict[str, torch.Tensor]]:
+    """Train on ``nprocs`` DeepSpeed ranks through dslib.dist.launch; returns rank 0's
+    (TrainResult, FP32 state dict). ``model_config``: a dslib ModelConfig."""
+    kwargs = dict(model_config=model_config.model_dump(mode="json"), train_config=cfg.model_dump(mode="json"),
+                  shards=str(shards_folder), ds_config=zero_config(cfg, stage, optimizer, nprocs),
+                  checkpoint_every=checkpoint_every)
+    return launch(entry="dslib.parallel.zero:train_zero_rank", nprocs=nprocs, kwargs=kwargs, timeout=timeout)
 
 
 AIO_HANDLE_ATTRS = ("aio_read_handle", "aio_write_handle", "aio_handle", "read_aio_handle", "write_aio_handle")
@@ -156,8 +127,6 @@ def release_engine(engine) -> None:
     waits for its in-flight reads and writes, and its handles are dropped (their destructors
     stop and join the I/O threads) while the interpreter and the process group are still up.
     """
-    import gc
-
     swappers = {id(s): s for p in engine.module.parameters() if (s := getattr(p, "nvme_swapper", None)) is not None}
     optimizer_swapper = getattr(engine.optimizer, "optimizer_swapper", None)
     if optimizer_swapper is not None:
@@ -173,72 +142,3 @@ def release_engine(engine) -> None:
             if not isinstance(getattr(swapper, attr, None), (type, type(None))):  # "aio_handle" may name the class
                 setattr(swapper, attr, None)
     gc.collect()  # the engine's reference cycles go now, not during finalization
-
-
-def run_zero(config: str = "zero3", nprocs: int = 2, model: str = "tiny", steps: int = 8,
-             micro_batch: int = 4, seed: int = 0, model_overrides: dict | None = None,
-             ds_overrides: dict | None = None, nvme_dir: str | Path | None = None,
-             token_source: str = "kjv", token_docs: int = 20000, timeout: float = 600,
-             **checkpointing: Any) -> ZeroResult:
-    """Validate the DeepSpeed config here, then train on ``nprocs`` ranks; returns rank 0's result.
-
-    ``checkpointing``: save_dir, save_every, resume, kill_at_step, kill_rank (see train_rank).
-    """
-    from dslib.model import load_config
-    from dslib.parallel.launch import launch
-
-    overrides = {"train_micro_batch_size_per_gpu": micro_batch, **(ds_overrides or {})}
-    cfg = load_ds_config(config, overrides)  # a bad field fails here, before any process starts
-    model_cfg = load_config(model, **(model_overrides or {}))
-    needs_nvme = "nvme" in (cfg.offload_device("param"), cfg.offload_device("optimizer"))
-    if needs_nvme and nvme_dir is None:
-        raise ValueError(f"config {config!r} offloads to NVMe: pass nvme_dir (a folder on a local disk)")
-    kwargs = dict(ds_config=cfg.as_dict(), model=model, model_overrides=model_overrides or {},
-                  shards=str(prepare_shards(model_cfg.vocab_size, token_source, token_docs)),
-                  steps=steps, seed=seed, nvme_dir=str(nvme_dir) if nvme_dir else None,
-                  config_name=config, **{k: str(v) if k == "save_dir" else v for k, v in checkpointing.items()})
-    return launch(entry="dslib.parallel.zero:train_rank", nprocs=nprocs, kwargs=kwargs, timeout=timeout)
-
-
-def ops_needed(config: str, ds_overrides: dict | None = None) -> list[str]:
-    """The compiled DeepSpeed ops a config needs (dslib.parallel.ops builds them)."""
-    cfg = load_ds_config(config, ds_overrides)
-    needed = []
-    if cfg.offload_device("optimizer") != "none" or cfg.offload_device("param") != "none":
-        needed.append("cpu_adam")  # DeepSpeedCPUAdam steps on the offloaded fp32 partition
-    if "nvme" in (cfg.offload_device("optimizer"), cfg.offload_device("param")):
-        needed.append("async_io")
-    return needed
-
-
-@dataclass
-class ResumeCheck:
-    uninterrupted: list[float]   # losses of steps 1..steps without a stop
-    killed_message: str          # what the launcher reported when the rank died
-    killed_rank: int | None
-    resumed: ZeroResult          # the run restarted from the last checkpoint
-
-    @property
-    def max_loss_difference(self) -> float:
-        tail = self.uninterrupted[self.resumed.first_step:]
-        return max(abs(a - b) for a, b in zip(tail, self.resumed.losses))
-
-
-def kill_and_resume(config: str, save_dir: str | Path, steps: int, kill_at_step: int,
-                    uninterrupted: list[float] | None = None, **run_kwargs: Any) -> ResumeCheck:
-    """Train with checkpoints every ``kill_at_step`` steps, SIGKILL rank 1 after the first one, resume.
-
-    ``uninterrupted``: the losses of the same run without a stop (run here when not given).
-    """
-    from dslib.parallel.launch import LaunchError
-
-    if uninterrupted is None:
-        uninterrupted = run_zero(config, steps=steps, **run_kwargs).losses
-    try:
-        run_zero(config, steps=steps, save_dir=save_dir, save_every=kill_at_step, kill_at_step=kill_at_step,
-                 kill_rank=1, **run_kwargs)
-        raise RuntimeError(f"the run was expected to die at step {kill_at_step} but finished")
-    except LaunchError as error:
-        message, rank = str(error).splitlines()[0], error.rank
-    resumed = run_zero(config, steps=steps, save_dir=save_dir, resume=True, **run_kwargs)
-    return ResumeCheck(uninterrupted, message, rank, resumed)

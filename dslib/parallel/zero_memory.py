@@ -67,8 +67,10 @@ def model_state_bytes(engine) -> dict[str, int]:
     for p in params:
         if hasattr(p, "ds_tensor"):  # stage 3: only the partition is this rank's
             if _on_nvme(p):  # on disk, or in an I/O buffer (its ds_tensor is a placeholder or a view)
-                # the swapper's element size: a swapped-out placeholder need not have the model's dtype
-                out["params_nvme"] += p.partition_numel() * p.nvme_swapper.swap_element_size
+                # as the swap file stores it: the swapper's element size (a swapped-out placeholder
+                # need not have the model's dtype), padded to the swapper's I/O alignment
+                swapper = p.nvme_swapper
+                out["params_nvme"] += swapper._io_aligned_numel(p.partition_numel()) * swapper.swap_element_size
                 continue
             out["params"] += p.ds_tensor.numel() * p.ds_tensor.element_size()
             seen.add(p.ds_tensor.untyped_storage().data_ptr())  # a master copy sharing it counts once

@@ -120,7 +120,7 @@ ZERO3_LAYOUTS: list[tuple[str, int, dict[str, Any]]] = [
     ("DP (no ZeRO)", 0, {}),
     ("ZeRO-2", 2, {}),
     ("ZeRO-3", 3, {}),
-    ("ZeRO-3, DeepSpeed estimator", 3, {"stage3_grad_partition": False}),
+    ("ZeRO-3, DeepSpeed estimator", 3, memory.AS_DEEPSPEED),
     ("ZeRO-3 + optimizer offload", 3, {"offload_optimizer": "cpu"}),
     ("ZeRO-3 + optimizer and param offload", 3, {"offload_optimizer": "cpu", "offload_param": "cpu"}),
 ]

@@ -7,17 +7,34 @@ for Adam (fp32 master weight, momentum, variance). DeepSpeed's own estimators
 (``estimate_zero2_model_states_mem_needs``, ``estimate_zero3_model_states_mem_needs``) add the
 fp32 copy of the gradient partition the optimizer steps on (4 B/param), count the largest
 layer gathered in 16-bit (weights + gradients, 4 B/param of that layer) under stage 3, and
-multiply CPU memory by a 1.5 buffer factor. This model counts the same terms, named, so the
-two agree to the byte where they overlap (tests/test_plan.py). Where they differ it is said:
+multiply CPU memory by a 1.5 buffer factor. This model counts the same terms, named; with
+``AS_DEEPSPEED`` (two fields) the "peak" accounting reproduces both estimators to the byte, GPU
+and CPU per node, on every case they cover: 1e8-1e11 parameters, 1-512 GPUs as nodes x GPUs
+per node, every offload case, zero_init on and off, small and large largest layers
+(tests/test_plan.py, against DeepSpeed's functions). Without it this model differs in three
+places, each one where the estimator is wrong or incomplete and this model is right:
   * stage 3 keeps the reduced 16-bit gradient partition in ``grad_partitions_flat_buffer``
     (deepspeed/runtime/zero/stage3.py), 2 B/param/rank that DeepSpeed's stage-3 estimator
     leaves out; here it is the component ``grads`` (on the optimizer's device), and
     ``stage3_grad_partition=False`` drops it to reproduce the estimator;
-  * DeepSpeed's stage-2 CPU estimate ignores the node count (16 B/param on every node);
-    here offloaded states are split over nodes as in its stage-3 estimator;
-  * the estimators know only fp16/bf16 + Adam; this model also takes fp32 / autocast (where
-    DeepSpeed's ZeRO optimizers still keep an fp32 master partition and flatten an fp32
-    gradient copy for the step), Lion and SGD.
+  * stage 2 with optimizer offload: DeepSpeed's CPU per node is ``max(4 x all GPUs, 16)``
+    B/param, a formula that does not scale with nodes. A node holds the fp32 init copies of
+    its own ranks only (4 B/param x GPUs per node, as its stage-3 and no-offload estimates
+    count them) and its share of the offloaded states (fp32 master, Adam's m and v, fp32
+    gradients: 16 B/param split over the nodes, as its stage-3 estimate splits them). Here:
+    ``max(4 x GPUs per node, 16 / nodes)`` B/param, equal to DeepSpeed's on one node; at 8
+    nodes of 8 GPUs DeepSpeed asks 8x the RAM a node uses, at 64 nodes 64x.
+    ``cpu_as_deepspeed=True`` counts every GPU of the job on each node, as it does;
+  * stage 3 with offload under ``zero_init``: DeepSpeed's CPU per node is the offloaded states
+    alone, yet its no-offload ``zero_init`` estimate counts an init load of 4 B/param of the
+    largest layer per rank on the CPU. The node's peak is the larger of the two phases:
+    counting the init load as DeepSpeed does, this model takes the max, equal to DeepSpeed's
+    while the offloaded share is larger, above it when many nodes make that share small (64
+    nodes of 8 GPUs, largest layer P/50: 0.64 against 0.25 B/param per node).
+    ``cpu_as_deepspeed=True`` leaves the init load out, as it does.
+The estimators know only fp16/bf16 + Adam; this model also takes fp32 / autocast (where
+DeepSpeed's ZeRO optimizers still keep an fp32 master partition and flatten an fp32 gradient
+copy for the step), Lion and SGD.
 
 Three accountings (``MemoryPlan.accounting``), because "the memory of ZeRO-1" depends on when
 one looks (deepspeed/runtime/zero/stage_1_and_2.py, stage3.py, DeepSpeed 0.19):
@@ -50,6 +67,8 @@ Precision = Literal["fp32", "amp", "mixed"]
 OffloadDevice = Literal["none", "cpu", "nvme"]
 Accounting = Literal["paper", "peak", "before_step"]
 ACCOUNTINGS: tuple[str, ...] = ("paper", "peak", "before_step")
+# the fields that make the "peak" accounting DeepSpeed's estimators, to the byte (module doc)
+AS_DEEPSPEED: dict[str, bool] = {"stage3_grad_partition": False, "cpu_as_deepspeed": True}
 
 # fp32 state tensors each optimizer keeps per parameter (Adam/AdamW: m, v; Lion: m; SGD+momentum: buf)
 OPTIMIZER_STATE_TENSORS: dict[str, int] = {"adamw": 2, "adam": 2, "lion": 1, "sgd": 0, "sgd_momentum": 1}
@@ -74,6 +93,9 @@ class MemoryPlan(BaseModel):
     cpu_buffer_factor: float = Field(1.5, ge=1.0, description="DeepSpeed's additional_buffer_factor")
     stage3_grad_partition: bool = Field(True, description="count stage 3's 16-bit gradient "
                                         "partition; False reproduces DeepSpeed's estimator")
+    cpu_as_deepspeed: bool = Field(False, description="CPU per node as DeepSpeed's estimators "
+                                   "count it: stage 1-2 offload on every GPU of the job, stage 3 "
+                                   "offload under zero_init without the init load (module doc)")
     accounting: Accounting = Field("peak", description="paper | peak (DeepSpeed's estimators) | "
                                    "before_step (held between backward and step); see the module doc")
 
@@ -190,10 +212,16 @@ def model_states(n_params: int, **plan_fields) -> ModelStateMemory:
         # the layer being computed is gathered whole: its 16-bit (fp32: 32-bit) weights + gradients
         device["working_layer"] = (per_param["params"] + per_param["grads"]) * plan.largest_layer_params
     node_ranks = plan.gpus_per_node
-    offloaded_cpu = (sum(offloaded.values()) - nvme) * node_ranks
     # without zero.Init every rank first builds the whole model in fp32 on CPU
     init_load = 4 * (plan.largest_layer_params if plan.zero_stage == 3 and plan.zero_init else n_params)
-    cpu = max(init_load * node_ranks, offloaded_cpu) * plan.cpu_buffer_factor
+    cpu_ranks = node_ranks  # the ranks whose CPU memory one node holds
+    if plan.cpu_as_deepspeed and offloaded:  # DeepSpeed's estimators, oddities included (module doc)
+        if plan.zero_stage < 3:
+            cpu_ranks = world
+        elif plan.zero_init:
+            init_load = 0
+    offloaded_cpu = (sum(offloaded.values()) - nvme) * cpu_ranks
+    cpu = max(init_load * cpu_ranks, offloaded_cpu) * plan.cpu_buffer_factor
     return ModelStateMemory(plan=plan, device=device, offloaded=offloaded,
                             cpu_per_node=cpu, nvme_per_node=nvme * node_ranks)
 
@@ -301,7 +329,8 @@ def stage_stacks(n_params: int, activations: dict[str, float], element_bytes: in
 
 def compare_with_deepspeed(n_params: int, largest_layer_params: int, gpus_per_node: int = 1,
                            num_nodes: int = 1) -> list[dict[str, Any]]:
-    """This model next to DeepSpeed's own estimators, for every offload case they cover (bytes)."""
+    """This model next to DeepSpeed's own estimators, for every offload case they cover (bytes):
+    ``ours_*`` as this model counts, ``ours_as_deepspeed_*`` with ``AS_DEEPSPEED``."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
@@ -310,10 +339,11 @@ def compare_with_deepspeed(n_params: int, largest_layer_params: int, gpus_per_no
     rows = []
     for offload in (False, True):
         ds_cpu, ds_gpu = estimate_zero2_model_states_mem_needs(n_params, cpu_offload=offload, **ds_layout)
-        ours = model_states(n_params, zero_stage=2, offload_optimizer="cpu" if offload else "none", **layout)
+        fields = dict(zero_stage=2, offload_optimizer="cpu" if offload else "none", **layout)
+        ours, as_ds = model_states(n_params, **fields), model_states(n_params, **fields, **AS_DEEPSPEED)
         rows.append({"stage": 2, "offload": "optimizer" if offload else "none", "ours_gpu": ours.device_total,
-                     "ours_as_deepspeed_gpu": ours.device_total, "deepspeed_gpu": ds_gpu,
-                     "ours_cpu_per_node": ours.cpu_per_node, "ours_as_deepspeed_cpu": ours.cpu_per_node,
+                     "ours_as_deepspeed_gpu": as_ds.device_total, "deepspeed_gpu": ds_gpu,
+                     "ours_cpu_per_node": ours.cpu_per_node, "ours_as_deepspeed_cpu": as_ds.cpu_per_node,
                      "deepspeed_cpu": ds_cpu})
     for optimizer_offload, param_offload in [(False, False), (True, False), (True, True)]:
         ds_cpu, ds_gpu, _ = estimate_zero3_model_states_mem_needs(
@@ -323,7 +353,7 @@ def compare_with_deepspeed(n_params: int, largest_layer_params: int, gpus_per_no
                       offload_optimizer="cpu" if optimizer_offload else "none",
                       offload_param="cpu" if param_offload else "none")
         ours = model_states(n_params, **fields)
-        as_ds = model_states(n_params, stage3_grad_partition=False, **fields)
+        as_ds = model_states(n_params, **fields, **AS_DEEPSPEED)
         rows.append({"stage": 3, "offload": "optimizer+param" if param_offload else
                      ("optimizer" if optimizer_offload else "none"), "ours_gpu": ours.device_total,
                      "ours_as_deepspeed_gpu": as_ds.device_total, "deepspeed_gpu": ds_gpu,

@@ -1,6 +1,7 @@
 """Training: the single-process loop, its schedule and checkpoints that survive SIGKILL."""
 from dslib.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from dslib.train.recipe import OptimizerFactory, TrainConfig, adamw, lr_at, param_groups, seed_everything
+from dslib.env import seed_everything
+from dslib.train.recipe import OptimizerFactory, TrainConfig, adamw, lr_at, param_groups
 from dslib.train.trainer import Trainer, TrainResult, evaluate, train
 
 __all__ = [

@@ -11,15 +11,15 @@ loading accepts (no pickled numpy objects).
 """
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from dslib.io import atomic_path
 
 CHECKPOINT_NAME = re.compile(r"^step_(\d{8})\.pt$")
 TEMP_PREFIX = ".step_"
@@ -29,30 +29,12 @@ def checkpoint_path(folder: str | Path, step: int) -> Path:
     return Path(folder) / f"step_{step:08d}.pt"
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(state: dict[str, Any], folder: str | Path, step: int, keep: int | None = None) -> Path:
     """Write ``state`` as the checkpoint of ``step`` atomically; keep the newest ``keep``."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, step)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(folder)
+    with atomic_path(path, durable=True) as tmp:  # a hidden .step_*.tmp until complete and fsynced
+        torch.save(state, tmp)
     if keep is not None:
         for old in list_checkpoints(folder)[:-keep]:
             old.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Mixed precision: autocast, dynamic loss scaling, underflow and memory measurements.
+"""Mixed precision: the autocast policy (sensitive ops in FP32) and the dynamic loss scaler.
 
 Current API: ``torch.autocast(device_type, dtype)`` and ``torch.amp.GradScaler(device_type)``.
 The article's ``torch.cuda.amp.autocast`` / ``torch.cuda.amp.GradScaler`` are deprecated
@@ -9,29 +9,23 @@ them in FP32); matmuls and convolutions run in the low-precision dtype on casted
 copies, while LayerNorm, softmax and cross-entropy are on autocast's FP32 list.
 FP16 has a 5-bit exponent (smallest normal 6.1e-5, smallest subnormal 6e-8), so small
 gradients flush to zero unless the loss is scaled up first; BF16 has FP32's 8-bit
-exponent and needs no scaling.
+exponent and needs no scaling. Chapter 07's measurements are in dslib.studies.mixed_precision.
 """
 from __future__ import annotations
 
 import contextlib
 import re
-import time
-from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
 # the article's loss-scaling settings
 INIT_SCALE, GROWTH_FACTOR, BACKOFF_FACTOR = 2.0**15, 2.0, 0.5
-
-LossFn = Callable[[nn.Module, Any], torch.Tensor]
-
 
 class Precision(str, Enum):
     FP32 = "fp32"
@@ -104,173 +98,3 @@ def cpu_precision_support(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, An
     return {"cpu": model.group(1).strip() if model else "unknown", "bf16_flags": bf16, "fp16_flags": fp16,
             "native_bf16": bool(bf16), "native_fp16": bool(fp16), "amx": "amx_tile" in flags,
             "avx512": "avx512f" in flags}
-
-
-def hardware_note(device: torch.device) -> str:
-    """Why low precision is fast or slow on this device, in one paragraph for the reader."""
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        name = torch.cuda.get_device_name(device)
-        bf16 = "with" if torch.cuda.is_bf16_supported() else "without"
-        return (f"{name} (compute capability {major}.{minor}, {bf16} bf16): tensor cores run fp16/bf16 "
-                "matmuls at several times the fp32 rate and halve the bytes moved, so autocast speeds up "
-                "matmul-bound steps; LayerNorm/softmax/loss stay fp32 at little cost.")
-    support = cpu_precision_support()
-    if support["native_bf16"]:
-        return (f"{support['cpu']}: native bf16 ({', '.join(support['bf16_flags'])}) - oneDNN runs bf16 "
-                "matmuls on AVX512-BF16/AMX units, so bf16 autocast can match or beat fp32; every "
-                "autocast region still pays for casting weights and the fp32 ops around them.")
-    return (f"{support['cpu']}: no bf16/fp16 arithmetic instructions (no avx512_bf16/amx_bf16) - autocast "
-            "converts to bf16/fp16 and back around emulated low-precision kernels, which is far slower "
-            "than fp32 (about 30x on an AVX2-only CPU). Use a tiny model for the low-precision runs "
-            "here; on a GPU with tensor cores the same code is faster than fp32.")
-
-
-def apply_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler) -> bool:
-    """Backward with the (possibly disabled) scaler and step; True if the step was skipped.
-
-    GradScaler unscales the gradients, skips optimizer.step() when any is inf/NaN, and
-    multiplies the scale by backoff_factor; after growth_interval clean steps it grows.
-    """
-    scaler.scale(loss).backward()
-    scale_before = scaler.get_scale()
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)  # free gradients before the next forward
-    return scaler.is_enabled() and scaler.get_scale() < scale_before
-
-
-def module_output_dtypes(model: nn.Module, batch: Any, loss_fn: LossFn, device: torch.device,
-                         precision: Precision | str) -> dict[str, str]:
-    """Module class -> dtype of its output in one autocast forward (e.g. LayerNorm: float32)."""
-    seen: dict[str, str] = {}
-
-    def record(module: nn.Module, _inputs: Any, output: Any) -> None:
-        if torch.is_tensor(output) and output.is_floating_point():
-            seen.setdefault(type(module).__name__, str(output.dtype).replace("torch.", ""))
-
-    handles = [m.register_forward_hook(record) for m in model.modules() if m is not model]
-    try:
-        with torch.no_grad(), autocast(device, precision):
-            seen["loss"] = str(loss_fn(model, batch).dtype).replace("torch.", "")
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
-def gradients(model: nn.Module, batch: Any, loss_fn: LossFn, device: torch.device,
-              precision: Precision | str, loss_scale: float = 1.0) -> dict[str, torch.Tensor]:
-    """Parameter gradients of one backward under autocast, with the loss multiplied by
-    loss_scale before backward and the gradients divided by it afterwards (what GradScaler does)."""
-    model.zero_grad(set_to_none=True)
-    with autocast(device, precision):
-        loss = loss_fn(model, batch)
-    (loss * loss_scale).backward()
-    grads = {name: p.grad.detach() / loss_scale for name, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return grads
-
-
-def gradient_underflow(model: nn.Module, batch: Any, loss_fn: LossFn, device: torch.device,
-                       loss_scale: float = INIT_SCALE) -> list[dict[str, Any]]:
-    """Per parameter: gradient elements that are non-zero in FP32 but exactly zero under
-    FP16 autocast, without loss scaling and with ``loss_scale`` (counts and fractions)."""
-    reference = gradients(model, batch, loss_fn, device, Precision.FP32)
-    unscaled = gradients(model, batch, loss_fn, device, Precision.FP16)
-    scaled = gradients(model, batch, loss_fn, device, Precision.FP16, loss_scale)
-    rows = []
-    for name, ref in reference.items():
-        nonzero = ref != 0
-        n = int(nonzero.sum())
-        zero_plain = int((nonzero & (unscaled[name] == 0)).sum())
-        zero_scaled = int((nonzero & (scaled[name] == 0)).sum())
-        rows.append({"parameter": name, "elements": ref.numel(), "nonzero_fp32": n,
-                     "zeroed_fp16_unscaled": zero_plain, "zeroed_fp16_scaled": zero_scaled,
-                     "zeroed_frac_unscaled": zero_plain / max(n, 1), "zeroed_frac_scaled": zero_scaled / max(n, 1),
-                     "median_abs_grad_fp32": float(ref.abs().median())})
-    return rows
-
-
-@dataclass
-class PrecisionRun:
-    """One training run at one precision: per-step loss, time, loss scale and skipped steps."""
-
-    precision: str
-    loss: list[float] = field(default_factory=list)
-    step_s: list[float] = field(default_factory=list)
-    scale: list[float] = field(default_factory=list)
-    skipped: list[int] = field(default_factory=list)
-
-    def rows(self) -> list[dict[str, Any]]:
-        return [{"precision": self.precision, "step": i + 1, "loss": loss, "step_s": t, "scale": s,
-                 "skipped": (i + 1) in self.skipped}
-                for i, (loss, t, s) in enumerate(zip(self.loss, self.step_s, self.scale))]
-
-
-def train_run(model: nn.Module, batches: Iterable[Any], loss_fn: LossFn, device: torch.device,
-              precision: Precision | str, optimizer: torch.optim.Optimizer,
-              scaler: torch.amp.GradScaler | None = None) -> PrecisionRun:
-    """Train ``model`` (FP32 master weights) over ``batches`` under autocast at ``precision``."""
-    precision = Precision(precision)
-    scaler = scaler if scaler is not None else make_grad_scaler(device, precision)
-    run = PrecisionRun(precision.value)
-    model.train()
-    for step, batch in enumerate(batches, start=1):
-        start = time.perf_counter()
-        with autocast(device, precision):
-            loss = loss_fn(model, batch)
-        run.scale.append(scaler.get_scale() if scaler.is_enabled() else 1.0)
-        if apply_step(loss, optimizer, scaler):
-            run.skipped.append(step)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        run.step_s.append(time.perf_counter() - start)
-        run.loss.append(loss.item())
-    return run
-
-
-# torch.profiler memory categories, grouped into the two halves of the 40% question
-MODEL_STATE_CATEGORIES = ("PARAMETER", "GRADIENT", "OPTIMIZER_STATE")
-
-
-def memory_split(model: nn.Module, batch: Any, loss_fn: LossFn, device: torch.device,
-                 precision: Precision | str, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Tensor memory at the peak of one training step, split by torch.profiler's categories.
-
-    The profiler tags every allocation (parameter, gradient, optimizer state, activation,
-    autograd detail, temporary, input); model states = parameters + gradients + optimizer
-    state, activations = everything else alive at the peak (autocast's low-precision
-    weight copies included). The step before profiling creates the optimizer state.
-    """
-    import json
-    import tempfile
-
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX
-
-    scaler = make_grad_scaler(device, precision)
-
-    def step() -> None:
-        with autocast(device, precision):
-            loss = loss_fn(model, batch)
-        apply_step(loss, optimizer, scaler)
-
-    step()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        step()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/timeline.json"
-        indexed = device if device.type == "cpu" or device.index is not None else torch.device(device.type, 0)
-        prof.export_memory_timeline(path, device=str(indexed))
-        _times, sizes = json.loads(Path(path).read_text())
-    # column 0 is unused; category c is column _CATEGORY_TO_INDEX[c] + 1 (None = unknown)
-    names = {index + 1: (cat.name if cat is not None else "UNKNOWN") for cat, index in _CATEGORY_TO_INDEX.items()}
-    totals = [sum(row) for row in sizes]
-    at_peak = sizes[max(range(len(totals)), key=totals.__getitem__)]
-    by_category = {names[i]: at_peak[i] for i in names}
-    model_states = sum(by_category[c] for c in MODEL_STATE_CATEGORIES)
-    return {"precision": Precision(precision).value, "peak_bytes": max(totals), "model_state_bytes": model_states,
-            "activation_bytes": max(totals) - model_states, "by_category": by_category}

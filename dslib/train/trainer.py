@@ -5,32 +5,46 @@ It trains any ``nn.Module`` with the Transformer-XL interface
 ``out.aux_loss`` an extra term to minimise (the gate's compute penalty, already weighted),
 ``out.mems`` the next memories and ``out.stats`` a dict of 0-dim tensors to log.
 
-The loop adds no host synchronisation per step: losses, gradient norms and stats stay on
+Each step is ``dslib.train.step.train_step`` with an ``OptimizerStepper`` (the optimizer, the
+fp16 gradient scaler, clipping and the warmup + cosine schedule). The loop adds no host
+synchronisation per step: losses, gradient norms and stats stay on
 the device and are read once every ``log_every`` steps (fp16 is the exception: its gradient
 scaler checks for inf each step). ``precision`` bf16/fp16 runs the forward under autocast.
 Same seed, same losses; a run resumed from a checkpoint continues exactly as if it had not
-stopped.
+stopped: weights, losses, evaluations and the logged history (a checkpoint taken inside a
+log window carries the window's first step and its partial stat sums), all but the timing.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from dslib.data.loader import StreamLoader
-from dslib.env import device as default_device, synchronize
-from dslib.jobs.record import Run, write_json_atomic
+from dslib.env import device as default_device, seed_everything, synchronize
+from dslib.io import write_json_atomic
+from dslib.progress import progress_bar
 from dslib.train import checkpoint as ckpt
 from dslib.train import precision
-from dslib.train.recipe import OptimizerFactory, TrainConfig, adamw, lr_at, param_groups, seed_everything
+from dslib.train.recipe import OptimizerFactory, TrainConfig, adamw, lr_at, param_groups
+from dslib.train.step import OptimizerStepper, carried_memory, forward, train_step
 
 RESULT_FILE = "result.json"
+
+
+class Recorder(Protocol):
+    """Where a finished fit reports its history and figures (a notebook's ``jobs.Run`` is one)."""
+
+    def table(self, name: str, rows: Any) -> Any: ...
+
+    def metric(self, name: str, value: Any, unit: str = "", note: str = "") -> Any: ...
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: StreamLoader, batches: int, use_memory: bool = True) -> float:
     """Mean loss over the first ``batches`` segments of ``loader`` (from its start), segment
@@ -42,8 +56,7 @@ def evaluate(model: nn.Module, loader: StreamLoader, batches: int, use_memory: b
     batches = min(batches, loader.steps_per_epoch)
     total, mems = None, None
     for _ in range(batches):
-        idx, targets = (t.to(device) for t in loader.next_batch())
-        out = model(idx, mems=mems, targets=targets)
+        out = forward(model, tuple(t.to(device) for t in loader.next_batch()), mems)
         mems = out.mems if use_memory else None
         total = out.loss if total is None else total + out.loss
     loader.rewind()
@@ -71,7 +84,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, train_tokens: np.ndarray,
                  val_tokens: np.ndarray | None = None, make_optimizer: OptimizerFactory | None = None,
-                 run: Run | None = None, device: torch.device | str | None = None) -> None:
+                 run: Recorder | None = None, device: torch.device | str | None = None) -> None:
         self.cfg, self.run = cfg, run
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device)
@@ -84,12 +97,15 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, cfg) / cfg.lr)
         # fp16 gradients underflow without loss scaling; for fp32/bf16 the scaler is a pass-through
         self.scaler = precision.make_grad_scaler(self.device, cfg.precision)
+        self.stepper = OptimizerStepper(self.optimizer, self.scaler, cfg.grad_clip, self.scheduler,
+                                        self.model.parameters())
         self.step = 0
         self.mems: list[torch.Tensor] | None = None
         self.losses = torch.zeros(cfg.steps, device=self.device)
         self.grad_norms = torch.zeros(cfg.steps, device=self.device)
         self.evals: list[dict[str, float]] = []
         self.history: list[dict[str, float]] = []
+        self._window_first = 0  # first step of the current log window
         self._stat_sums: dict[str, torch.Tensor] = {}  # model stats summed over the log window
 
     # ---- checkpoint state -------------------------------------------------------------
@@ -98,7 +114,9 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(),
                 "loader": self.loader.state_dict(), "mems": self.mems,
                 "losses": self.losses[:self.step].cpu(), "grad_norms": self.grad_norms[:self.step].cpu(),
-                "evals": self.evals, "history": self.history, "config": self.cfg.model_dump(mode="json")}
+                "evals": self.evals, "history": self.history, "config": self.cfg.model_dump(mode="json"),
+                "log_window": {"first": self._window_first,
+                               "stat_sums": {k: v.cpu() for k, v in self._stat_sums.items()}}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
@@ -114,6 +132,10 @@ class Trainer:
         self.losses[:self.step] = state["losses"].to(self.device)
         self.grad_norms[:self.step] = state["grad_norms"].to(self.device)
         self.evals, self.history = list(state["evals"]), list(state["history"])
+        # checkpoints from before the window was saved restart it here, as they used to
+        window = state.get("log_window", {"first": self.step, "stat_sums": {}})
+        self._window_first = int(window["first"])
+        self._stat_sums = {k: v.to(self.device) for k, v in window["stat_sums"].items()}
         ckpt.set_rng_state(state["rng"])
 
     def save(self) -> Path:
@@ -133,24 +155,16 @@ class Trainer:
         return self.step
 
     # ---- the loop ---------------------------------------------------------------------
-    def train_step(self) -> None:
+    def advance(self) -> None:
         """One optimizer step on the next segment; everything stays on the device."""
         cfg = self.cfg
-        if self.loader.at_start or not cfg.use_memory:
-            self.mems = None  # a new pass over the lanes: nothing earlier to remember
-        idx, targets = self.loader.next_batch()
-        with precision.autocast(self.device, cfg.precision):  # LayerNorm/softmax/loss stay FP32
-            out = self.model(idx, mems=self.mems, targets=targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.loss + out.aux_loss).backward()
-        if cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            self.grad_norms[self.step] = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.scaler.step(self.optimizer)  # fp16: skips the step when a gradient is inf/nan
-        self.scaler.update()
-        self.scheduler.step()
+        mems = carried_memory(self.mems, self.loader.at_start, cfg.use_memory)
+        result = train_step(self.model, self.loader.next_batch(), self.stepper, mems, cfg.precision)
+        out = result.out
+        if result.grad_norm is not None:
+            self.grad_norms[self.step] = result.grad_norm
         self.mems = out.mems if cfg.use_memory else None
-        self.losses[self.step] = out.loss.detach()
+        self.losses[self.step] = result.loss
         for name, value in out.stats.items():
             self._stat_sums[name] = self._stat_sums.get(name, 0.0) + value.detach()
         self.step += 1
@@ -169,18 +183,19 @@ class Trainer:
         resumed_from = self.resume() if resume else None
         if resumed_from is None:
             seed_everything(cfg.seed)
+            self._window_first, self._stat_sums = self.step, {}
         self.model.train()
-        start_step, tokens_per_step, self._stat_sums = self.step, cfg.batch_size * cfg.seq_len, {}
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.name, disable=not cfg.progress, leave=False)
+        start_step, tokens_per_step = self.step, cfg.batch_size * cfg.seq_len
+        bar = progress_bar(total=cfg.steps, initial=self.step, desc=cfg.name, disable=not cfg.progress, leave=False)
         run_start = window_start = time.perf_counter()
-        window_first, paused_seconds = self.step, 0.0
+        timed_first, paused_seconds = self.step, 0.0  # the window's steps this process ran and timed
         while self.step < cfg.steps:
-            self.train_step()
+            self.advance()
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                self._log(window_first, window_start, run_start + paused_seconds)
+                self._log(timed_first, window_start, run_start + paused_seconds)
                 bar.set_postfix(loss=f"{self.history[-1]['loss']:.3f}", lr=f"{self.history[-1]['lr']:.2e}")
-                window_start, window_first = time.perf_counter(), self.step
+                window_start, timed_first = time.perf_counter(), self.step
             eval_now = self.step == cfg.steps or (cfg.eval_every and self.step % cfg.eval_every == 0)
             checkpoint_now = cfg.out_dir is not None and (
                 self.step == cfg.steps or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0))
@@ -204,17 +219,18 @@ class Trainer:
         self._record(result)
         return result
 
-    def _log(self, first: int, window_start: float, clock_zero: float) -> None:
+    def _log(self, timed_first: int, window_start: float, clock_zero: float) -> None:
         """Host syncs once per window: mean loss, last grad norm, mean model stats."""
+        first, timed = self._window_first, self.step - timed_first
         loss, n = self.losses[first:self.step].mean().item(), self.step - first  # waits for the window
         now = time.perf_counter()
         entry = {"step": self.step, "loss": loss, "lr": lr_at(self.step - 1, self.cfg),
-                 "tokens_per_s": n * self.cfg.batch_size * self.cfg.seq_len / max(now - window_start, 1e-9),
+                 "tokens_per_s": timed * self.cfg.batch_size * self.cfg.seq_len / max(now - window_start, 1e-9),
                  "elapsed_s": now - clock_zero}
         if self.cfg.grad_clip > 0:
             entry["grad_norm"] = self.grad_norms[self.step - 1].item()  # before clipping
         entry.update({name: float(total) / n for name, total in self._stat_sums.items()})
-        self._stat_sums = {}
+        self._window_first, self._stat_sums = self.step, {}
         self.history.append(entry)
 
     def _record(self, result: TrainResult) -> None:
@@ -233,7 +249,7 @@ class Trainer:
 
 
 def train(model: nn.Module, cfg: TrainConfig, train_tokens: np.ndarray, val_tokens: np.ndarray | None = None,
-          make_optimizer: OptimizerFactory | None = None, run: Run | None = None,
+          make_optimizer: OptimizerFactory | None = None, run: Recorder | None = None,
           device: torch.device | str | None = None, resume: bool = False) -> TrainResult:
     """Build a ``Trainer`` and ``fit`` it (see ``Trainer`` for the arguments)."""
     return Trainer(model, cfg, train_tokens, val_tokens, make_optimizer, run, device).fit(resume=resume)

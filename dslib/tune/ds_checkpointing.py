@@ -31,8 +31,9 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 
+from dslib.dist.ds_config import DeepSpeedConfig, load_ds_config
 from dslib.env import device
-from dslib.parallel.ds_config import DeepSpeedConfig, load_ds_config
+from dslib.train.step import EngineStepper, train_step
 
 MB = 1e6
 
@@ -99,13 +100,12 @@ def build_engine(ds_config: dict[str, Any], variant: str, model: str, model_over
                  every: int | None, seed: int):
     """A DeepSpeed engine over the chapter 03 model, every k-th block checkpointed by the variant,
     and the variant's config (for ``configure_checkpointing``)."""
-    from dslib.model import TransformerXL, load_config
-    from dslib.parallel.ops import initialize_engine
+    from dslib.model import build_model, load_config
+    from dslib.dist.ops import initialize_engine
     from dslib.tune.checkpointing import apply_checkpointing
 
     v = VARIANTS[variant]
-    torch.manual_seed(seed)
-    net = TransformerXL(load_config(model, **model_overrides)).to(device())
+    net = build_model(load_config(model, **model_overrides), seed, device())
     layers = apply_checkpointing(net, every if v.impl != "none" else None,
                                  "deepspeed" if v.impl == "deepspeed" else "torch")
     config = variant_config(ds_config, variant, len(layers))
@@ -138,17 +138,13 @@ class _Run:
     def __init__(self, ds_config, variant, every, model, model_overrides, micro_batch, seed) -> None:
         self.variant = variant
         self.engine, self.config = build_engine(ds_config, variant, model, model_overrides, every, seed)
-        self.idx = rank_batch(model, model_overrides, micro_batch, seed, VARIANTS[variant].model_parallel)
+        self.stepper = EngineStepper(self.engine)
+        idx = rank_batch(model, model_overrides, micro_batch, seed, VARIANTS[variant].model_parallel)
+        self.batch = (idx, idx)
 
     def step(self) -> float:
         """One training step (the caller runs ``configure_checkpointing`` first); returns the loss."""
-        from dslib.env import synchronize
-
-        loss = self.engine(self.idx, targets=self.idx).loss
-        self.engine.backward(loss)
-        self.engine.step()
-        synchronize(self.engine.device)
-        return loss.item()
+        return train_step(self.engine, self.batch, self.stepper).loss.item()  # .item() waits for the device
 
 
 def _error_text(error: Exception) -> str:
@@ -209,7 +205,7 @@ def checkpoint_sweep(everies: list[int | None], impls: list[str], section_varian
     settings) at k = ``section_every``. Per row: mean peak step memory over the ranks, fastest step,
     and the modelled bytes of checkpoint inputs a rank keeps. Configs are validated here."""
     from dslib.model import load_config
-    from dslib.parallel.launch import launch
+    from dslib.dist.launch import launch
     from dslib.tune.checkpointing import (checkpoint_input_bytes, checkpointed_layers, modelled_activation_bytes,
                                           modelled_recompute_overhead)
 
@@ -246,14 +242,13 @@ def _gradient_differences(ds_config: dict[str, Any], variant: str, every: int, m
     relative to the plain gradient's max (the engine checkpointed, its gradients ZeRO-partitioned)."""
     from deepspeed.utils import safe_get_full_grad
 
-    from dslib.model import TransformerXL, load_config
+    from dslib.model import build_model, load_config
 
     same = VARIANTS[variant].model_parallel
     idx = rank_batch(model, model_overrides, micro_batch, seed, same)
     batches = [torch.empty_like(idx) for _ in range(dist.get_world_size())]
     dist.all_gather(batches, idx)
-    torch.manual_seed(seed)
-    plain = TransformerXL(load_config(model, **model_overrides)).to(device())
+    plain = build_model(load_config(model, **model_overrides), seed, device())
     global_batch = torch.cat(batches)  # mean loss over it = DeepSpeed's mean of the ranks' losses
     plain(global_batch, targets=global_batch).loss.backward()
     engine, config = build_engine(ds_config, variant, model, model_overrides, every, seed)
@@ -271,7 +266,7 @@ def gradient_check(variants: list[str], every: int = 2, model: str = "tiny",
                    model_overrides: dict[str, Any] | None = None, config: str = "zero2", nprocs: int = 2,
                    micro_batch: int = 2, timeout: float = 300) -> dict[str, dict[str, float]]:
     """Per variant: relative max gradient difference per parameter, checkpointed engine vs plain model."""
-    from dslib.parallel.launch import launch
+    from dslib.dist.launch import launch
 
     ds_config = load_ds_config(config, {"train_micro_batch_size_per_gpu": micro_batch}).as_dict()
     return launch("dslib.tune.ds_checkpointing:gradients_rank", nprocs=nprocs, timeout=timeout, kwargs=dict(

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from dslib.env import REPO_ROOT, device, synchronize
+from dslib.train.step import train_step
 
 MB = 1e6
 
@@ -94,11 +95,11 @@ def measure_in_this_process(model: str, model_overrides: dict[str, Any], checkpo
     # a first step loads kernels, thread pools and lazy caches (~100 MB, whatever the model):
     # run it on a throw-away copy, free it, then start counting
     args = (model, model_overrides, checkpoint_every, share_group, batch_size, seed)
-    _train_step(*_tuned_setup(*args))
+    train_step(*_tuned_setup(*args))
     with peak_memory(device()) as peak:
-        net, optimizer, idx = _tuned_setup(*args)
+        net, batch, stepper = _tuned_setup(*args)
         for _ in range(steps):
-            _train_step(net, optimizer, idx)
+            train_step(net, batch, stepper)
         peak_bytes = peak()
     return {"model": model, "checkpoint_every": checkpoint_every, "share_group": share_group,
             "params": unique_parameter_count(net), "peak_MB": peak_bytes / MB}
@@ -106,27 +107,23 @@ def measure_in_this_process(model: str, model_overrides: dict[str, Any], checkpo
 
 def _tuned_setup(model: str, model_overrides: dict[str, Any], checkpoint_every: int | None,
                  share_group: int | None, batch_size: int, seed: int):
+    """(model, batch, stepper) of one configuration: the model seeded, tuned, on the device; a
+    batch of random tokens as inputs and targets; AdamW."""
     import torch
 
-    from dslib.model import TransformerXL, load_config
+    from dslib.model import build_model, load_config
+    from dslib.train.step import OptimizerStepper
     from dslib.tune.checkpointing import apply_checkpointing
     from dslib.tune.sharing import share_mlp
 
-    torch.manual_seed(seed)
     config = load_config(model, **model_overrides)
-    net = TransformerXL(config)
+    net = build_model(config, seed)
     if share_group:
         share_mlp(net, share_group)
     apply_checkpointing(net, checkpoint_every)
     net.to(device())
     idx = torch.randint(0, config.vocab_size, (batch_size, config.seq_len)).to(device())
-    return net, torch.optim.AdamW(net.parameters(), lr=1e-4), idx
-
-
-def _train_step(net, optimizer, idx) -> None:
-    net(idx, targets=idx).loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    return net, (idx, idx), OptimizerStepper(torch.optim.AdamW(net.parameters(), lr=1e-4))
 
 
 def step_times(configs: list[dict[str, Any]], rounds: int = 3) -> list[float]:
@@ -135,12 +132,12 @@ def step_times(configs: list[dict[str, Any]], rounds: int = 3) -> list[float]:
     every configuration alike instead of whichever ran during it."""
     setups = [_tuned_setup(**config) for config in configs]
     for setup in setups:
-        _train_step(*setup)
+        train_step(*setup)
     best = [float("inf")] * len(setups)
     for _ in range(rounds):
         for i, setup in enumerate(setups):
             start = time.perf_counter()
-            _train_step(*setup)
+            train_step(*setup)
             synchronize()
             best[i] = min(best[i], time.perf_counter() - start)
     return best

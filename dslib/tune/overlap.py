@@ -16,7 +16,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dslib.env import device
-from dslib.model import TransformerXL, load_config
+from dslib.model import build_model, load_config
 from dslib.env import synchronize
 
 
@@ -55,8 +55,7 @@ def overlap_timeline(bucket_caps_mb: list[float], steps: int = 5, model: str = "
     config = load_config(model, **(model_overrides or {}))
     results = {"buckets": [], "sync": None}
     for cap in bucket_caps_mb:
-        torch.manual_seed(0)
-        ddp = DDP(TransformerXL(config).to(device()), bucket_cap_mb=cap)
+        ddp = DDP(build_model(config, 0, device()), bucket_cap_mb=cap)
         hook = TimelineHook()
         ddp.register_comm_hook(hook, timeline_hook)
         step_s = []
@@ -73,8 +72,7 @@ def overlap_timeline(bucket_caps_mb: list[float], steps: int = 5, model: str = "
             ddp.zero_grad(set_to_none=True)
         results["buckets"].append({"bucket_cap_mb": cap, "events": hook.events, "backward_s": backward_s,
                                    "step_s": min(step_s[1:] or step_s)})
-    torch.manual_seed(0)
-    ddp = DDP(TransformerXL(config).to(device()))
+    ddp = DDP(build_model(config, 0, device()))
     step_s = []
     for step in range(steps):
         idx = _batch(config, batch_size, step)

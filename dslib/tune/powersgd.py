@@ -29,7 +29,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dslib.data.loader import StreamLoader
 from dslib.env import device
-from dslib.model import TransformerXL, load_config
+from dslib.model import build_model, load_config
+from dslib.train.step import OptimizerStepper, train_step
 from dslib.tune.synthetic import markov_tokens
 
 FP32_BYTES = 4
@@ -94,8 +95,7 @@ def gradient_shapes(model: torch.nn.Module) -> list[tuple[int, ...]]:
 
 def _train(config, rank: int | None, tokens, steps: int, start_iter: int, batch_size: int,
            lr: float, seed: int) -> dict[str, Any]:
-    torch.manual_seed(seed)  # every rank and every run starts from the same weights
-    ddp = DDP(TransformerXL(config).to(device()))
+    ddp = DDP(build_model(config, seed, device()))  # every rank and every run: the same weights
     if rank is None:
         ddp.register_comm_hook(None, default_hooks.allreduce_hook)
     else:
@@ -103,20 +103,17 @@ def _train(config, rank: int | None, tokens, steps: int, start_iter: int, batch_
                                    start_powerSGD_iter=start_iter, use_error_feedback=True,
                                    warm_start=True, random_seed=seed)
         ddp.register_comm_hook(state, psgd.powerSGD_hook)
-    optimizer = torch.optim.AdamW(ddp.parameters(), lr=lr, weight_decay=0.0)
+    stepper = OptimizerStepper(torch.optim.AdamW(ddp.parameters(), lr=lr, weight_decay=0.0))
     loader = StreamLoader(tokens, batch_size, config.seq_len)
     losses, byte_counts = [], []
     start = time.perf_counter()
     with counting_all_reduce() as counter:
         for _ in range(steps):
-            idx, targets = (t.to(device()) for t in loader.next_batch())
-            loss = ddp(idx, targets=targets).loss
-            optimizer.zero_grad(set_to_none=True)
             before = counter.bytes
-            loss.backward()  # DDP waits for every bucket's future before returning
-            byte_counts.append(counter.bytes - before)
-            optimizer.step()
-            mean_loss = loss.detach().clone()
+            # DDP's backward waits for every bucket's future before returning: all bytes are counted
+            result = train_step(ddp, tuple(t.to(device()) for t in loader.next_batch()), stepper,
+                                after_backward=lambda: byte_counts.append(counter.bytes - before))
+            mean_loss = result.loss.clone()
             dist.all_reduce(mean_loss)  # outside the counter: the curve is the mean over ranks
             losses.append(float(mean_loss) / dist.get_world_size())
     return {"rank": rank, "losses": losses, "bytes_per_step": byte_counts,

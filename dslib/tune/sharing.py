@@ -45,9 +45,7 @@ def compare_sharing(group_size: int, model: str = "tiny", model_overrides: dict 
     Returns, per variant, its parameter count, losses per step, and the measured peak
     training memory of a step (dslib.tune.memory.measure, fresh process).
     """
-    import torch
-
-    from dslib.model import TransformerXL, load_config
+    from dslib.model import build_model, load_config
     from dslib.train import TrainConfig, Trainer
     from dslib.tune.memory import measure
     from dslib.tune.synthetic import markov_tokens
@@ -59,8 +57,7 @@ def compare_sharing(group_size: int, model: str = "tiny", model_overrides: dict 
                       progress=False, seed=seed)
     results = {}
     for name, group in (("plain", None), (f"shared_mlp_x{group_size}", group_size)):
-        torch.manual_seed(seed)
-        net = TransformerXL(config)
+        net = build_model(config, seed)
         if group:
             share_mlp(net, group)
         losses = Trainer(net, cfg, tokens).fit().losses  # dslib.env.device()

@@ -1,8 +1,8 @@
 """Run a dslib entry point on N ranks and get rank 0's result back.
 
-``launch("dslib.parallel.demo:all_reduce_sum", nprocs=2)`` starts the ranks with torchrun
+``launch("dslib.dist.demo:all_reduce_sum", nprocs=2)`` starts the ranks with torchrun
 on this machine, or with srun when called inside a Slurm allocation, each running
-``dslib.parallel.worker`` (process group on gloo or nccl, chosen by dslib.env). If a rank
+``dslib.dist.worker`` (process group on gloo or nccl, chosen by dslib.env). If a rank
 fails or the timeout passes, the whole process group is killed and ``LaunchError`` names
 the rank and quotes the tail of its stderr; no process is left behind.
 """
@@ -12,13 +12,13 @@ import os
 import pickle
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from dslib.dist.ports import free_port
 from dslib.env import REPO_ROOT
 
 TAIL_LINES = 25
@@ -34,12 +34,6 @@ class LaunchError(RuntimeError):
         super().__init__(message + (f"\n--- stderr of rank {rank} (tail) ---\n{stderr_tail}" if stderr_tail else ""))
         self.rank = rank
         self.stderr_tail = stderr_tail
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tail(path: Path, lines: int = TAIL_LINES) -> str:
@@ -97,7 +91,7 @@ def in_slurm_allocation() -> bool:
 def _command(launcher: str, nprocs: int, log_dir: Path, worker_args: list[str]) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    worker = ["-m", "dslib.parallel.worker", *worker_args]
+    worker = ["-m", "dslib.dist.worker", *worker_args]
     if launcher == "srun":
         hosts = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],
                                capture_output=True, text=True, check=True).stdout.split()

@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from dslib import viz
-from dslib.parallel.zero import ZeroResult
 from dslib.parallel.zero_memory import predicted_model_states
+from dslib.studies.zero3 import ZeroResult
 
 MB = 2**20
 COMPONENTS = ("params", "grads", "master", "optimizer")
@@ -39,6 +39,14 @@ def summary_row(result: ZeroResult) -> dict[str, Any]:
         **{f"states_total_vs_{acc}": measured_total / (o["in_memory"] + o["nvme"]) for acc, o in other.items()},
         "rss_MB": result.process[0]["rss"] / MB,
     }
+
+
+def nvme_rows(results: list[ZeroResult]) -> list[dict[str, Any]]:
+    """Per NVMe-offload run and rank: the bytes of the partitions whose home is NVMe, and the
+    sizes of the swap files read from that rank's NVMe folder (they must be equal)."""
+    return [{"run": label(r), "rank": rank, "partitions_on_nvme_bytes": mem["params_nvme"],
+             "swap_file_bytes": r.nvme_bytes[rank]}
+            for r in results if r.offload_param == "nvme" for rank, mem in enumerate(r.memory)]
 
 
 def plot_memory(results: list[ZeroResult]):

@@ -1,4 +1,4 @@
-"""One rank of a ``dslib.parallel.launch`` run: set up the process group, call the entry.
+"""One rank of a ``dslib.dist.launch`` run: set up the process group, call the entry.
 
 Started by torchrun (RANK/WORLD_SIZE/LOCAL_RANK set) or by srun under Slurm (SLURM_PROCID,
 SLURM_NTASKS, SLURM_LOCALID mapped to the same variables). Rank 0 pickles the entry's
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import dslib  # noqa: F401  (offline env and op cache)
     from dslib.env import dist_backend
+    from dslib.io import write_bytes_atomic
 
     try:
         if torch.cuda.is_available():
@@ -66,9 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         error_file(args.result_file.parent, int(os.environ["RANK"])).write_text(traceback.format_exc())
         raise
     if dist.get_rank() == 0:
-        tmp = args.result_file.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps(result))
-        tmp.replace(args.result_file)
+        write_bytes_atomic(args.result_file, pickle.dumps(result))
     # Orderly end: the entry has released what it held (e.g. zero.release_engine), rank 0's
     # result is on disk; the barrier keeps every rank's process group up until all got here,
     # so none exits while a peer still talks to it; then the group goes, then the process.
