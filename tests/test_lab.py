@@ -16,7 +16,7 @@ from browser import chromium, screenshot_dir, server  # noqa: F401 (fixture)
 from dslib.env import REPO_ROOT
 from dslib.jobs import lab
 from dslib.jobs import params as P
-from dslib.parallel.launch import free_port
+from dslib.dist.ports import free_port
 
 CHAPTER = REPO_ROOT / "notebooks" / "00_tour.ipynb"
 RUN_TIMEOUT_S = 300

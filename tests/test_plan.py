@@ -309,19 +309,50 @@ def test_mixed_precision_saving_needs_activations():
     assert states_only["mixed_saving"] < 0  # 20 B/param against fp32's 16
 
 
-def test_comm_claim_reproduces_both_numbers():
-    check = claims.check_comm_overhead_35_to_18()
-    overheads = [row["overhead"] for row in check.rows]
-    assert overheads[0] == pytest.approx(0.35) and overheads[1] == pytest.approx(0.18)
-    assert overheads[2] == pytest.approx(0.18) and overheads[3] == 0
-    assert overheads[4] > overheads[0]  # ZeRO-3 moves 1.5x the bytes
+def _decide(check):
+    """The engine's verdict on a check's rows, as if a full run had recorded them."""
+    from dataclasses import replace
+
+    from dslib import claims as engine
+
+    rows = [replace(engine.make_evidence(check.claim_id, **e), origin="full") for e in check.evidence]
+    return engine.decide(engine.load_claims()[check.claim_id], rows), rows
 
 
-def test_zero3_claim_readings():
-    check = claims.check_zero3_100b()
-    assert "12 B/param" in check.measured
-    paper = [r for r in check.rows if r["layout"].startswith("ZeRO-3, mixed-precision")]
-    assert paper and paper[0]["devices"] == 5 and paper[0]["per_device_GB"] == pytest.approx(320)
+def test_comm_overhead_rows_follow_the_ring_model_by_hand():
+    setting = comm.CommSetting()
+    check = claims.comm_overhead_evidence(setting)
+    row = next(r for r in check.rows if (r["tokens_per_gpu"], r["zero_stage"], r["overlap"]) == (2048, 2, 0.35))
+    # by hand: reduce-scatter of the bf16 gradients + all-gather of the bf16 weights over an 8-GPU ring
+    n, psi, link = 8, 10e9, comm.LINKS["NVLink3 (A100)"]
+    comm_s = 2 * ((n - 1) * link.latency + (n - 1) / n * 2 * psi / link.bandwidth)
+    flops_per_token = 6 * psi + 12 * 48 * 4096 * 2048
+    compute_s = 2048 * flops_per_token / (312e12 * 0.5)
+    exposed = max(0.0, comm_s - 0.35 * compute_s)
+    assert row["before"] == pytest.approx(comm_s / (compute_s + comm_s))
+    assert row["after"] == pytest.approx(exposed / (compute_s + exposed))
+    assert len(check.evidence) == len(claims.COMM_TOKENS) * 2 * len(claims.COMM_OVERLAPS)
+
+
+def test_comm_35_to_18_needs_less_than_one_sequence_per_gpu():
+    check = claims.comm_overhead_evidence(comm.CommSetting(mfu=0.4))
+    # from one 2048-token sequence per GPU on, no setting starts anywhere near 35%
+    assert max(r["before"] for r in check.rows if r["tokens_per_gpu"] >= 2048) < 0.2
+    decision, _ = _decide(check)
+    assert decision.verdict == "holds only when" and "tokens_per_gpu = 512" in decision.when, decision
+
+
+def test_zero3_1_2tb_and_320gb_need_two_different_readings():
+    check = claims.zero3_evidence(100e9, (8, 32))
+    readings = claims.zero3_readings()
+    assert readings["fp32 master + Adam (ZeRO paper K=12)"] * 100e9 == pytest.approx(1.2e12)
+    paper5 = next(e for e in check.evidence if e["conditions"] == {
+        "before": "ZeRO paper 2+2+12", "after": "ZeRO paper 2+2+12 / devices", "devices": 5})
+    assert paper5["value"]["after_GB"] == pytest.approx(320)
+    decision, rows = _decide(check)
+    met = [r.conditions for r, status in zip(rows, decision.status) if status == "meets"]
+    assert met and all(c["before"].startswith("fp32 master") and not c["after"].startswith("fp32 master") for c in met)
+    assert decision.verdict == "holds only when" and all(c["devices"] in (5, 6) for c in met)
 
 
 def test_compare_with_deepspeed_rows_agree():

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from dslib import cli, jobs
+from dslib import claims, cli, jobs
 from dslib.jobs import report
 from dslib.jobs.cookbook import run_book
 from dslib.jobs.params import ParameterError
@@ -13,7 +13,7 @@ from dslib.jobs.runner import run_notebook
 RECORDING = ('from dslib import jobs\nimport matplotlib.pyplot as plt\nrun = jobs.start("01_ok")\n'
              'run.metric("answer", steps * 2, unit="x")\nrun.table("t", [{"a": 1, "b": "x"}])\n'
              'fig, ax = plt.subplots(); ax.plot([1, 2])\nrun.figure(fig, "line", caption="a line")\n'
-             'run.claim("lion_1_8x_faster", measured="1.1x", verdict="does not hold", note="3 seeds")')
+             'run.evidence("lion_1_8x_faster", 1.1, unit="x", seeds=3, default=True, conditions={"model": "tiny"})')
 
 
 def test_successful_run_writes_the_record(notebook_factory, tmp_path):
@@ -50,13 +50,9 @@ def test_refused_parameter_runs_nothing(notebook_factory, tmp_path, capsys):
     assert not (tmp_path / "r").exists() and not (nb.parent / "ran").exists()
 
 
-def test_record_api_rejects_unknown_claims_and_verdicts(tmp_path, monkeypatch):
+def test_record_api_rejects_non_numbers(tmp_path, monkeypatch):
     monkeypatch.setenv("DSLIB_RUN_DIR", str(tmp_path))
     run = jobs.start("x")
-    with pytest.raises(KeyError, match="unknown claim id 'nope'"):
-        run.claim("nope", "1", "holds")
-    with pytest.raises(ValueError, match="verdict must be one of"):
-        run.claim("powersgd_1_16", "1/16", "mostly")
     with pytest.raises(TypeError, match="must be a number"):
         run.metric("m", "fast")
     run.metric("nan", float("nan"))
@@ -70,8 +66,9 @@ def test_cookbook_goes_on_after_a_failure_and_reports_it(notebook_factory, tmp_p
     assert [r.ok for r in results] == [True, False]
     text = md.read_text()
     assert "status **failed**" in text and "RuntimeError: boom" in text
-    assert "| 1.1x | does not hold | 3 seeds |" in text
-    assert text.count("not yet checked") == len(jobs.load_claims()) - 1
+    assert "| does not hold | none of 1 rows meets step_ratio within 10% of 1.8x (step_ratio 1.1) |" in text
+    assert "| step_ratio 1.1 x | model=tiny | measured (default) | cpu | 3 |" in text
+    assert text.count("not yet checked") == len(claims.load_claims()) - 1
     assert "![line](01_ok/figures/line.png)" in text
     assert "<table>" in (tmp_path / "book" / "index.html").read_text()
     assert "[2/2] 02_bad: FAILED" in capsys.readouterr().out

@@ -10,7 +10,7 @@ from browser import chromium, screenshot_dir, server  # noqa: F401 (fixture)
 from dslib.jobs import tracking
 from dslib.jobs.record import read_record
 from dslib.jobs.runner import run_notebook
-from dslib.parallel.launch import free_port
+from dslib.dist.ports import free_port
 
 CELLS = ("from dslib import jobs\nimport matplotlib.pyplot as plt\nrun = jobs.start('00_tiny')\n"
          "run.metric('final_loss', 1.5 * lr, unit='nats')\n"

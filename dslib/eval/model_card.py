@@ -4,8 +4,9 @@ The sections follow Mitchell et al. (2019), "Model Cards for Model Reporting", r
 what this book measures: model details and training choices, the training data (the
 pipeline's funnel: every document kept or dropped with a reason), the evaluation (held-out
 perplexity per source against the unigram baseline, domain prompt accuracy, robustness),
-the claims ledger (each article claim as the latest chapter runs checked it, or "not yet
-checked": dslib.jobs.report reads the run records) and the limitations the numbers show.
+the claims ledger (each claim's verdict computed by the claims engine from the evidence of the
+latest full chapter runs, or "not yet checked": dslib.jobs.report reads the run records) and the
+limitations the numbers show.
 """
 from __future__ import annotations
 
@@ -39,14 +40,15 @@ class ModelCard:
     perplexity: list[dict[str, Any]]
     prompts: list[dict[str, Any]]
     robustness: list[dict[str, Any]]
-    records: dict[Path, dict[str, Any]]  # run records whose claim checks fill the ledger
+    records: dict[Path, dict[str, Any]]  # run records whose evidence fills the ledger
     limitations: list[str] = field(default_factory=list)
+    written: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def markdown(self) -> str:
         kept, total = self.funnel.kept_docs, self.funnel.input_docs
         sections = [
             f"# Model card: {self.title}\n",
-            f"Written {datetime.now(timezone.utc).isoformat(timespec='seconds')} from the measurements of "
+            f"Written {self.written} from the measurements of "
             "one end-to-end run (`notebooks/11_end_to_end.ipynb`, `dslib.studies.end_to_end`).\n",
             "## Model details and training\n",
             markdown_table([{"item": k, "value": v} for k, v in self.details.items()], max_rows=len(self.details)),
@@ -65,8 +67,9 @@ class ModelCard:
             "Robustness (attacked contexts, clean continuations; `acc_retained` = accuracy / clean accuracy):\n",
             markdown_table(self.robustness),
             claims_ledger(self.records),
-            f"Claims are read from the latest successful run of each chapter ({len(self.records)} run "
-            "records found); a claim no run checked says *not yet checked*.\n",
+            f"Evidence is read from the latest full run of each chapter ({len(self.records)} run records "
+            "found; a chapter with no full run contributes its latest smoke or JupyterLab record, whose rows "
+            "are marked and never decide); a claim no run checked says *not yet checked*.\n",
         ]
         if self.limitations:
             sections += ["## Limitations\n", "\n".join(f"- {line}" for line in self.limitations) + "\n"]

@@ -60,6 +60,16 @@ def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:
     return _LOADERS[name](**kwargs)
 
 
+def hub_load_error(name: str) -> str:
+    """What ``evaluate.load(name)`` (a hub name, as the article writes it) raises here, or "" if it
+    loads: offline, the hub is unreachable by design."""
+    try:
+        evaluate.load(name)
+    except Exception as error:  # FileNotFoundError / ConnectionError: whatever the hub path raises
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
+    return ""
+
+
 def combine(names: list[str]) -> evaluate.CombinedEvaluations:
     """`evaluate.combine` over registered metrics (they must take the same inputs)."""
     return evaluate.combine([load_metric(n) for n in names])

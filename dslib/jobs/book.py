@@ -114,7 +114,7 @@ def build_site(book_dir: str | Path | None = None, out_dir: str | Path | None = 
     records = {c.run_dir: c.record for c in found}
     ledger = report.claims_ledger(records)
     _write_page(out_dir / "claims.html", "Claims ledger", _bar(links, None, None), _markdown(ledger),
-                "The article's claims with the verdicts this run's chapters recorded.")
+                "Each claim's verdict, computed by the claims engine from this run's evidence rows.")
     if errata:
         _write_page(out_dir / "errata.html", "Errata", _bar(links, None, None), _markdown(errata.read_text()),
                     f"From {errata.name} in the repository.")

@@ -1,34 +1,26 @@
-"""Run records: the one call a notebook makes to record metrics, tables, figures and claims.
+"""Run records: the one call a notebook makes to record metrics, tables, figures and evidence.
 
 A notebook calls ``run = jobs.start("03_architecture")``. Under ``dslib run`` the run
 directory comes from DSLIB_RUN_DIR (set by the runner); in JupyterLab it is
 ``outputs/lab/<stem>/``. Every call rewrites ``metrics.json`` atomically, so a
-notebook that fails half-way still leaves what it measured.
+notebook that fails half-way still leaves what it measured. Evidence rows are numbers for
+the claims of configs/claims.yaml; the claims engine (dslib.claims) turns them into verdicts.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
-import yaml
-
-from dslib.env import REPO_ROOT, RUN_DIR_VAR, outputs_dir
+from dslib import claims
+from dslib.env import RUN_DIR_VAR, outputs_dir
 from dslib.io import jsonable, write_json_atomic
 
 METRICS_FILE = "metrics.json"
-CLAIMS_FILE = REPO_ROOT / "configs" / "claims.yaml"
-
-Verdict = Literal["holds", "holds only when", "does not hold"]
-VERDICTS: tuple[str, ...] = ("holds", "holds only when", "does not hold")
-
-
-def load_claims(path: Path = CLAIMS_FILE) -> dict[str, dict[str, Any]]:
-    """The claims ledger: claim id -> {section, claim, check, chapters}."""
-    return yaml.safe_load(path.read_text())["claims"]
 
 
 def _clean_number(value: Any) -> float | int | None:
@@ -47,7 +39,8 @@ class Run:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     figures: list[dict[str, str]] = field(default_factory=list)
-    claims: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evidence_rows: dict[tuple, claims.Evidence] = field(default_factory=dict)  # by claim, conditions, kind
+    _held: bool = field(default=False, repr=False)
 
     @property
     def figures_dir(self) -> Path:
@@ -77,21 +70,40 @@ class Run:
         _show(fig)
         return path
 
-    def claim(self, claim_id: str, measured: str, verdict: Verdict, note: str = "") -> None:
-        """Record the check of one ledger claim: the measured value, the verdict, a note."""
-        known = load_claims()
-        if claim_id not in known:
-            raise KeyError(f"unknown claim id {claim_id!r}; known: {', '.join(sorted(known))}")
-        if verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
-        self.claims[claim_id] = {"measured": measured, "verdict": verdict, "note": note}
+    def evidence(self, claim_id: str, value: float | dict[str, float], unit: str = "",
+                 conditions: dict | None = None, kind: Literal["measured", "modelled"] = "measured",
+                 seeds: int = 1, default: bool = False, note: str = "") -> None:
+        """Record one evidence row for a claim of configs/claims.yaml: a number (or one per
+        quantity of the claim), the conditions that produced it, measured or modelled, the seeds it
+        averages over, and whether it is the chapter's own default setting. Never a verdict: the
+        claims engine decides. A row with the same claim, conditions and kind replaces the old one."""
+        row = claims.make_evidence(claim_id, value, unit, conditions, kind, seeds, default, note)
+        self.evidence_rows[row.key()] = row
         self._save()
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator["Run"]:
+        """Write metrics.json once at the end of the block instead of after every call (a grid
+        of hundreds of evidence rows)."""
+        self._held = True
+        try:
+            yield self
+        finally:
+            self._held = False
+            self._save()
+
+    def verdicts(self) -> list[dict[str, str]]:
+        """The engine's verdict on each claim this run has rows for, from these rows alone."""
+        return claims.preview(read_record(self.run_dir), self.run_dir)
+
     def _save(self) -> None:
+        if self._held:
+            return
         path = self.run_dir / METRICS_FILE
         record = json.loads(path.read_text()) if path.exists() else {}
+        record.pop("claims", None)  # the verdicts older records typed by hand
         record.update(stem=self.stem, metrics=self.metrics, tables=self.tables,
-                      figures=self.figures, claims=self.claims)
+                      figures=self.figures, evidence=[r.stored() for r in self.evidence_rows.values()])
         write_json_atomic(path, record)
 
 

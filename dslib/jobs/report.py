@@ -1,7 +1,9 @@
 """The cookbook report, built only from run records (metrics.json of each run directory).
 
-One section per chapter: status, wall time, figures, metrics, tables and claim checks;
-then the claims ledger, with a "not yet checked" row for any claim no chapter recorded.
+One section per chapter: status, wall time, figures, metrics and tables; before them the
+claims ledger: one row per claim with the verdict the claims engine computed from every
+chapter's evidence, then each claim's evidence rows, marked where they cannot decide (smoke,
+failed or interactive runs, too few seeds, modelled where the claim is about a measurement).
 """
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dslib import claims
 from dslib.jobs.budgets import budget_rows
-from dslib.jobs.record import METRICS_FILE, load_claims, read_record
+from dslib.jobs.record import METRICS_FILE, read_record
 
 MAX_TABLE_ROWS = 25
+MAX_EVIDENCE_ROWS = 12  # per claim; the deciding and default rows first, the rest in metrics.json
 
 
 def _cell(value: Any) -> str:
@@ -57,19 +61,43 @@ def chapter_section(run_dir: Path, record: dict[str, Any], base: Path) -> str:
     return "\n".join(out)
 
 
+def _value_text(row: claims.Evidence) -> str:
+    return ", ".join(f"{name} {value:.4g}" for name, value in row.values.items()) + (f" {row.unit}" if row.unit else "")
+
+
+def _evidence_table(entry: claims.Entry) -> str:
+    order = sorted(range(len(entry.rows)), key=lambda i: (entry.decision.status[i] not in ("meets", "misses"),
+                                                         not entry.rows[i].default,
+                                                         entry.decision.status[i] != "meets"))
+    rows = [{"chapter": (r := entry.rows[i]).chapter, "value": _value_text(r),
+             "conditions": ", ".join(f"{k}={v}" for k, v in r.conditions.items()) or "-",
+             "kind": r.kind + (" (default)" if r.default else ""), "profile": r.profile or "-",
+             "seeds": r.seeds, "run": r.run_dir, "commit": r.commit or "-",
+             "counts as": entry.decision.status[i], "note": r.note} for i in order]
+    table = markdown_table(rows, max_rows=MAX_EVIDENCE_ROWS)
+    return table.replace("more rows in metrics.json", "more evidence rows in the run records")
+
+
 def claims_ledger(records: dict[Path, dict[str, Any]]) -> str:
-    checks: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for run_dir, record in records.items():
-        for claim_id, check in record.get("claims", {}).items():
-            checks.setdefault(claim_id, []).append((record.get("stem", run_dir.name), check))
-    rows = []
-    for claim_id, claim in load_claims().items():
-        for stem, check in checks.get(claim_id, []) or [("", None)]:
-            rows.append({"claim": claim["claim"], "section": claim["section"], "chapter": stem or "-",
-                         "measured": check["measured"] if check else "-",
-                         "verdict": check["verdict"] if check else "not yet checked",
-                         "note": check.get("note", "") if check else claim["check"]})
-    return "## Claims ledger\n\n" + markdown_table(rows, max_rows=len(rows))
+    """The ledger: one row per claim (verdict and its reason), then each claim's evidence rows."""
+    entries = claims.merge(records)
+    summary = [{"claim": e.claim.claim, "id": e.claim.id, "source": e.claim.source,
+                "checked in": ", ".join(e.chapters) or "-", "verdict": e.decision.headline,
+                "reason": e.decision.reason if e.rows else e.claim.check} for e in entries]
+    out = ["## Claims ledger\n",
+           "Verdicts are computed by the claims engine (`dslib.claims`) from the evidence rows below and "
+           "each claim's definition in `configs/claims.yaml`. Only rows of full runs (not smoke, failed or "
+           "interactive) with enough seeds decide; the `counts as` column says why a row does not.\n",
+           markdown_table(summary, max_rows=len(summary))]
+    for e in entries:
+        if e.rows:
+            needs = (f"{e.claim.evidence.seeds} seed(s), "
+                     + ("measured or modelled" if e.claim.evidence.modelled_decides else "measured"))
+            out += [f"### {e.claim.id}: {e.decision.headline}\n",
+                    f"{e.claim.claim} Compared: {e.claim.describe()}; a verdict needs {needs} rows"
+                    f"{'' if e.claim.stated_conditions else '; the source states no setting'}. "
+                    f"{e.decision.reason}.\n", _evidence_table(e)]
+    return "\n".join(out)
 
 
 def run_wall_times(records: dict[Path, dict[str, Any]]) -> tuple[dict[str, float], str]:
@@ -92,20 +120,22 @@ def budgets_section(records: dict[Path, dict[str, Any]]) -> str:
 
 
 def latest_records(root: Path, exclude: Path | None = None) -> dict[Path, dict[str, Any]]:
-    """The newest successful run of each notebook anywhere under ``root`` (book, runs, jobs,
-    lab), by start time (file time for lab runs, which have no runner section)."""
-    newest: dict[str, tuple[str, Path, dict[str, Any]]] = {}
+    """The newest full run of each notebook anywhere under ``root`` (book, runs, jobs), by start
+    time. A notebook with no full run gets its newest smoke or JupyterLab record (file time for
+    lab runs), whose rows the ledger marks and never counts; failed and unfinished runs are left out."""
+    newest: dict[str, tuple[tuple[bool, str], Path, dict[str, Any]]] = {}
     for path in Path(root).rglob(METRICS_FILE):
         if exclude is not None and path.parent.resolve() == Path(exclude).resolve():
             continue
         record = read_record(path.parent)
-        info, stem = record.get("run", {}), record.get("stem")
-        if stem is None or info.get("status", "ok") != "ok":
+        origin, stem = claims.record_origin(record), record.get("stem")
+        if stem is None or origin in ("failed", "unfinished"):
             continue
-        when = info.get("started") or datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(
-            timespec="seconds")
-        if stem not in newest or when > newest[stem][0]:
-            newest[stem] = (when, path.parent, record)
+        when = record.get("run", {}).get("started") or datetime.fromtimestamp(
+            path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+        rank = (origin == "full", when)
+        if stem not in newest or rank > newest[stem][0]:
+            newest[stem] = (rank, path.parent, record)
     return {run_dir: record for _, run_dir, record in newest.values()}
 
 

@@ -1,12 +1,9 @@
-"""Chapter 06's pipeline figures and the claim text, from pipeline_study's plain rows."""
+"""Chapter 06's pipeline figures and claim evidence, from pipeline_study's plain rows."""
 from __future__ import annotations
 
 from typing import Any
 
 from dslib import viz
-
-CLAIMED_IMPROVEMENT = 2.3  # the article: "balancing pipeline stages improves load balance 2.3x"
-
 
 def plot_balance(rows: list[dict[str, Any]]):
     """Per layout: forward+backward ms of one micro-batch on each stage, per partition method."""
@@ -60,28 +57,21 @@ def plot_losses(result: dict[str, Any]):
     return fig
 
 
-def balance_claim(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """run.claim's measured / verdict / note for pipeline_balance_2_3x, from the balance rows."""
-    best: dict[str, dict[str, Any]] = {}
+DEEPSPEED_DEFAULT_METHOD = "parameters"  # PipelineModule's partition_method default
+
+
+def balance_evidence(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """run.evidence rows for pipeline_balance_2_3x: per layout and balancing method, the measured
+    improvement of the slowest/fastest stage ratio over 'uniform', and the one FLOPs predict
+    (modelled). The gain is how unequal 'uniform's layer-count split was for that layout."""
+    evidence = []
     for row in rows:
-        if row["partition_method"] != "uniform" and \
-                row["improvement_vs_uniform"] > best.get(row["layout"], {}).get("improvement_vs_uniform", 0):
-            best[row["layout"]] = row
-    uniform = {r["layout"]: r["balance_ratio"] for r in rows if r["partition_method"] == "uniform"}
-    measured = "; ".join(
-        f"{layout}: {r['partition_method']} {r['improvement_vs_uniform']:.2f}x (slowest/fastest stage "
-        f"{uniform[layout]:.2f} -> {r['balance_ratio']:.2f}; FLOPs predict {r['flops_improvement_vs_uniform']:.2f}x)"
-        for layout, r in best.items())
-    top_layout, top = max(best.items(), key=lambda item: item[1]["improvement_vs_uniform"])
-    gain = top["improvement_vs_uniform"]
-    if gain >= 0.9 * CLAIMED_IMPROVEMENT:
-        headline = f"2.3x reproduces (within 10%) only for '{top_layout}' ({gain:.2f}x)"
-    else:
-        headline = f"2.3x is not reproduced: the largest gain measured is {gain:.2f}x ('{top_layout}')"
-    worse = [layout for layout, r in best.items() if r["improvement_vs_uniform"] < 1]
-    note = (f"{headline}. The gain is not a property of a partition method: it is how unequal DeepSpeed's "
-            "layer-count split ('uniform', which counts the embedding, norm and head as layers) was for that "
-            "layout. 'parameters' counts the tied embedding as heavy although a lookup costs no FLOPs")
-    note += (f"; with a heavy head it made the balance worse ({', '.join(worse)})." if worse else ".")
-    verdict = "holds only when" if gain > 1.05 else "does not hold"
-    return {"measured": measured, "verdict": verdict, "note": note}
+        if row["partition_method"] == "uniform":
+            continue
+        conditions = {"layout": row["layout"], "partition_method": row["partition_method"]}
+        default = row["partition_method"] == DEEPSPEED_DEFAULT_METHOD
+        evidence += [{"value": row["improvement_vs_uniform"], "conditions": conditions, "default": default,
+                      "note": f"stages {row['stages']}, slowest/fastest {row['balance_ratio']:.2f}"},
+                     {"value": row["flops_improvement_vs_uniform"], "conditions": conditions, "kind": "modelled",
+                      "default": default, "note": "from dslib.model.flops"}]
+    return evidence

@@ -6,7 +6,7 @@
     flops.training_flops_per_token(n_params, layers, hidden, seq_len, memory_length)
     comm.step_volume / comm.step_comm_time / comm.overlapped_step   per-step communication
     measure.measure_loopback_link(sizes)        this machine's all-reduce, fitted alpha-beta
-    claims.check_*                              the article's claims with their assumptions
+    claims.*_evidence                           evidence rows for the article's claims, over a grid of settings
 """
 from dslib.plan import comm, flops, memory
 from dslib.plan.memory import ActivationShape, MemoryPlan, ModelStateMemory, activation_memory, model_states

@@ -1,7 +1,9 @@
-"""The article's resource-planning claims, checked with the memory and communication models.
+"""The article's resource-planning claims as evidence: the memory and communication models'
+numbers over a grid of the settings the article does not state.
 
-Each check returns a ClaimCheck: the rows it computed, what they show, a verdict and the
-assumptions, ready for ``run.claim(**check.record())`` and ``run.table(...)``.
+Each function returns a ClaimEvidence: the rows for the chapter's table, one evidence row per
+setting (``check.record(run)`` passes them to ``run.evidence``) and the assumptions. The
+claims engine (dslib.claims) decides the verdict from the rows and configs/claims.yaml.
 """
 from __future__ import annotations
 
@@ -14,16 +16,17 @@ GB = 1e9
 
 
 @dataclass
-class ClaimCheck:
+class ClaimEvidence:
     claim_id: str
-    measured: str
-    verdict: str
-    note: str
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    note: str  # the assumptions behind every row
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the chapter's table
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # run.evidence keyword arguments
 
-    def record(self) -> dict[str, str]:
-        return {"claim_id": self.claim_id, "measured": self.measured, "verdict": self.verdict,
-                "note": self.note}
+    def record(self, run: Any) -> None:
+        """One ``run.evidence`` row per setting (metrics.json written once)."""
+        with run.held():
+            for row in self.evidence:
+                run.evidence(self.claim_id, **row)
 
 
 def training_memory(n_params: int, precision: str, shape: dict[str, Any], zero_stage: int = 0,
@@ -57,22 +60,16 @@ def mixed_precision_rows(n_params: int, shape: dict[str, Any], micro_batches: li
     return rows
 
 
-def check_mixed_precision_memory_40(n_params: int, shape: dict[str, Any], micro_batches: list[int],
-                                    zero_stage: int = 0, n_devices: int = 1,
-                                    target: float = 0.40) -> ClaimCheck:
-    """When does 16-bit training save ``target`` of fp32 memory? Only when activations dominate."""
+def mixed_precision_evidence(n_params: int, shape: dict[str, Any], micro_batches: list[int],
+                             default_micro_batch: int, zero_stage: int = 0, n_devices: int = 1) -> ClaimEvidence:
+    """The modelled saving of 16-bit training against fp32 at every micro-batch (modelled rows: the
+    claim is about measured memory, which chapter 07 records)."""
     rows = mixed_precision_rows(n_params, shape, micro_batches, zero_stage, n_devices)
-    best = max(rows, key=lambda r: r["mixed_saving"])
-    reaching = [r for r in rows if r["mixed_saving"] >= target]
-    first = (f"reached from micro-batch {reaching[0]['micro_batch']} on, where activations are "
-             f"{reaching[0]['activation_share_fp32']:.0%} of fp32 memory" if reaching
-             else f"not reached at any micro-batch up to {rows[-1]['micro_batch']}")
-    smallest = rows[0]
-    measured = (f"mixed precision saves {smallest['mixed_saving']:+.0%} at micro-batch "
-                f"{smallest['micro_batch']} (activations {smallest['activation_share_fp32']:.0%} of fp32 "
-                f"memory) up to {best['mixed_saving']:+.0%} at micro-batch {best['micro_batch']} "
-                f"(activations {best['activation_share_fp32']:.0%}; autocast {best['amp_saving']:+.0%}); "
-                f"{target:.0%} {first}")
+    evidence = [{"value": row[f"{precision}_saving"], "kind": "modelled",
+                 "conditions": {"precision": precision, "micro_batch": row["micro_batch"],
+                                "activation_share": round(row["activation_share_fp32"], 2)},
+                 "default": precision == "mixed" and row["micro_batch"] == default_micro_batch}
+                for row in rows for precision in ("mixed", "amp")]
     fp32_bytes, mixed_bytes = (sum(memory.state_bytes_per_param("adamw", p, zero_stage).values())
                                for p in ("fp32", "mixed"))
     # per s*b*h of a layer's saved activations (Korthikanti): 16 tensors of e bytes + 2 one-byte masks
@@ -80,51 +77,43 @@ def check_mixed_precision_memory_40(n_params: int, shape: dict[str, Any], micro_
     note = (f"{n_params / 1e6:.0f}M params, AdamW, ZeRO stage {zero_stage} on {n_devices} device(s), "
             f"seq {shape['seq_len']}, memory {shape.get('memory_length', 0)}. Model states do not shrink: "
             f"fp32 needs {fp32_bytes} B/param, DeepSpeed-style mixed precision {mixed_bytes} (16-bit weights "
-            f"and grads + fp32 master, Adam states and gradient copy), autocast {fp32_bytes} + a 2 B cast "
+            f"and grads + fp32 master, Adam states and gradient copy), autocast (amp) {fp32_bytes} + a 2 B cast "
             f"cache. Only activations halve (Korthikanti formula, {act16} vs {act32} B per s*b*h), so the "
             f"saving is at most ~{1 - act16 / act32:.0%} and needs activation-dominated memory.")
-    verdict = "holds only when" if reaching else "does not hold"
-    return ClaimCheck("mixed_precision_memory_40", measured, verdict, note, rows)
+    return ClaimEvidence("mixed_precision_memory_40", note, rows, evidence)
 
 
-def check_comm_overhead_35_to_18(setting: comm.CommSetting = comm.CommSetting(), before: float = 0.35,
-                                 after: float = 0.18) -> ClaimCheck:
-    """Which settings put communication at 35% and then 18% of the step, if any."""
-    s = setting
-    tokens = s.tokens_for_overhead(before, zero_stage=2)
-    compute, comm_dp = s.compute_s(tokens), s.comm_s(2)
-    # overlap share of compute that brings the same step from `before` to `after`
-    overlap_needed = (comm_dp - after * (compute + comm_dp)) / (compute * (1 - after))
-    batch_factor = s.tokens_for_overhead(after, zero_stage=2) / tokens
+# The grid the article's 35% -> 18% is looked for in: tokens per GPU per step (1/8 to 8 sequences
+# of 2048), the ZeRO volume, and the share of compute the communication overlaps after tuning.
+COMM_TOKENS = (256, 512, 1024, 2048, 4096, 8192, 16384)
+COMM_OVERLAPS = tuple(round(0.05 * k, 2) for k in range(1, 14)) + (round(comm.BACKWARD_SHARE, 3),)
+
+
+def comm_overhead_evidence(setting: comm.CommSetting = comm.CommSetting(),
+                           tokens_grid: tuple[int, ...] = COMM_TOKENS, overlaps: tuple[float, ...] = COMM_OVERLAPS,
+                           default_tokens: int = 4096) -> ClaimEvidence:
+    """Communication's share of the step before (no overlap) and after (``overlap`` of compute
+    hidden under it) for every grid setting; the article gives neither batch size nor overlap."""
+    s, rows, evidence = setting, [], []
+    for tokens in tokens_grid:
+        for stage in (2, 3):
+            before = s.overhead(tokens, stage, 0.0)
+            for overlap in overlaps:
+                after = s.overhead(tokens, stage, overlap)
+                conditions = {"tokens_per_gpu": tokens, "zero_stage": stage, "overlap": overlap}
+                rows.append({**conditions, "before": before, "after": after})
+                evidence.append({"value": {"before": before, "after": after}, "conditions": conditions,
+                                 "kind": "modelled", "default": tokens == default_tokens and stage == 2
+                                 and overlap == round(comm.BACKWARD_SHARE, 3)})
     dp_states = memory.model_states(int(s.n_params), gpus_per_node=s.n_devices).device_total
-    rows = [
-        {"setting": "ZeRO-1/2 (= DP volume), no overlap", "tokens_per_device": tokens,
-         "overhead": s.overhead(tokens, 2, 0.0)},
-        {"setting": f"same, overlap {overlap_needed:.0%} of compute", "tokens_per_device": tokens,
-         "overhead": s.overhead(tokens, 2, overlap_needed)},
-        {"setting": f"same, {batch_factor:.2f}x tokens per step", "tokens_per_device": tokens * batch_factor,
-         "overhead": s.overhead(tokens * batch_factor, 2, 0.0)},
-        {"setting": "same, all of backward overlapped", "tokens_per_device": tokens,
-         "overhead": s.overhead(tokens, 2, comm.BACKWARD_SHARE)},
-        {"setting": "ZeRO-3 (1.5x volume), no overlap", "tokens_per_device": tokens,
-         "overhead": s.overhead(tokens, 3, 0.0)},
-        {"setting": f"ZeRO-1/2, {s.seq_len * 4} tokens/device, no overlap", "tokens_per_device": s.seq_len * 4,
-         "overhead": s.overhead(s.seq_len * 4, 2, 0.0)},
-    ]
-    measured = (f"{before:.0%} at {tokens:.0f} tokens/GPU/step ({tokens / s.seq_len:.2f} sequences of "
-                f"{s.seq_len}) with ZeRO-1/2 or DP volume and no overlap; {after:.0%} from there by "
-                f"overlapping communication with {overlap_needed:.0%} of compute (about "
-                f"{overlap_needed / comm.BACKWARD_SHARE:.0%} of backward) or by {batch_factor:.2f}x more "
-                f"tokens per step; at 4 sequences/GPU it is {rows[-1]['overhead']:.1%}")
     note = (f"alpha-beta ring model: {s.link.name} {s.link.bandwidth / GB:.0f} GB/s achievable, "
             f"{s.link.latency * 1e6:.0f} us/step; bf16 gradients and weights; "
-            f"{s.n_params / 1e9:.0f}B params (L={s.layers}, h={s.hidden}), {s.n_devices} GPUs, peak "
-            f"{s.peak_flops / 1e12:.0f} TFLOP/s at MFU {s.mfu:.0%}. Plain DP would hold "
-            f"{dp_states / GB:.0f} GB of mixed-precision Adam states per GPU, more than any GPU, so "
-            "ZeRO-1/2 (the same volume as DP) is the baseline. "
-            "The article gives neither batch size nor overlap: the two numbers are reproducible only "
-            "at a very small batch per GPU, by one of the changes above.")
-    return ClaimCheck("comm_overhead_35_to_18", measured, "holds only when", note, rows)
+            f"{s.n_params / 1e9:.0f}B params (L={s.layers}, h={s.hidden}, seq {s.seq_len}), {s.n_devices} GPUs, "
+            f"peak {s.peak_flops / 1e12:.0f} TFLOP/s at MFU {s.mfu:.0%}; ZeRO-2 moves the DP volume, ZeRO-3 "
+            f"1.5x. Plain DP would hold {dp_states / GB:.0f} GB of mixed-precision Adam states per GPU, more than "
+            "any GPU, so DP itself is not in the grid. Overlap: the share of compute the communication hides "
+            f"under ({comm.BACKWARD_SHARE:.2f} = all of backward).")
+    return ClaimEvidence("comm_overhead_35_to_18", note, rows, evidence)
 
 
 ZERO3_LAYOUTS: list[tuple[str, int, dict[str, Any]]] = [
@@ -151,51 +140,37 @@ def zero3_rows(n_params: float = 100e9, device_counts: tuple[int, ...] = (1, 4, 
     return rows
 
 
-def _closest(rows: list[dict[str, Any]], target: float, tolerance: float) -> list[dict[str, Any]]:
-    """Per layout, the device count whose per-device GB is nearest ``target`` (if within tolerance)."""
-    best: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        error = abs(row["per_device_GB"] * GB / target - 1)
-        if error <= tolerance and error < best.get(row["layout"], {}).get("error", 1.0):
-            best[row["layout"]] = dict(row, error=error)
-    return list(best.values())
+def zero3_readings() -> dict[str, int]:
+    """Bytes per parameter of mixed-precision AdamW states, read the ways "the memory" is read."""
+    b = memory.state_bytes_per_param("adamw", "mixed")
+    return {"16-bit weights": b["params"], "fp32 master + Adam (ZeRO paper K=12)": b["master"] + b["optimizer"],
+            "ZeRO paper 2+2+12": b["params"] + b["grads"] + b["master"] + b["optimizer"],
+            "DeepSpeed estimator 2+4+4+8": b["params"] + b["grads_fp32"] + b["master"] + b["optimizer"],
+            "engine (+ 16-bit grad partition)": sum(b.values())}
 
 
-def check_zero3_100b(n_params: float = 100e9, before: float = 1.2e12, after: float = 320e9,
-                     device_memory: float = 80e9, tolerance: float = 0.05,
-                     max_devices: int = 128) -> ClaimCheck:
-    """Per what, on how many devices and with which offload do 1.2 TB and 320 GB arise."""
-    per_param = memory.state_bytes_per_param("adamw", "mixed")
-    readings = {
-        "16-bit weights": per_param["params"],
-        "fp32 master + Adam m, v (ZeRO paper K=12)": per_param["master"] + per_param["optimizer"],
-        "mixed-precision Adam states (ZeRO paper 2+2+12)": 16,
-        "DeepSpeed's estimator (2+4+4+8)": 18,
-        "engine: + 16-bit gradient partition": sum(per_param.values()),
-    }
-    counts = tuple(range(1, max_devices + 1))
-    # ZeRO-3 shards every per-param byte: the paper's readings over n devices (the last two are
-    # the memory model's own layouts, in zero3_rows)
-    reading_rows = [{"layout": f"ZeRO-3, {name}", "devices": n, "per_device_GB": b * n_params / n / GB,
-                     "all_devices_GB": b * n_params / GB}
-                    for name, b in list(readings.items())[:3] for n in counts]
-    near = _closest(reading_rows + zero3_rows(n_params, counts), after, tolerance)
-    before_reading = [k for k, b in readings.items() if abs(b * n_params / before - 1) <= tolerance]
-    zero3_states = memory.model_states(int(n_params), zero_stage=3, gpus_per_node=1).device_total
-    fits = next(n for n in counts if zero3_states / n <= device_memory)
-    after_text = "; ".join(f"{r['layout']} on {r['devices']} devices ({r['per_device_GB']:.0f} GB)"
-                           for r in near) or "no layout"
-    measured = (f"1.2 TB = {' or '.join(before_reading) or 'no reading'} of {n_params / 1e9:.0f}B "
-                f"params ({before / n_params:.0f} B/param), on one device; 320 GB per device "
-                f"(within {tolerance:.0%}): {after_text}. ZeRO-3 fits the full states "
-                f"({zero3_states / 1e12:.1f} TB) on {device_memory / GB:.0f} GB devices from {fits} "
-                "devices on, before activations.")
-    note = ("Per-param readings: " + ", ".join(f"{k} {v} B" for k, v in readings.items()) +
-            ". The article gives neither the device count nor the offload; its 1.2 TB leaves out the "
-            "16-bit weights and gradients, and 320 GB per device needs an unusual device count "
-            f"(and is still {after / device_memory:.0f}x one {device_memory / GB:.0f} GB device); with "
-            "optimizer offload the devices hold only the "
-            f"16-bit weights, {per_param['params'] * n_params / GB:.0f} GB in total.")
-    table = [{"layout": k, "devices": 1, "per_device_GB": v * n_params / GB,
-              "all_devices_GB": v * n_params / GB} for k, v in readings.items()]
-    return ClaimCheck("zero3_100b_1_2tb_to_320gb", measured, "holds only when", note, table + near)
+def zero3_evidence(n_params: float = 100e9, device_counts: tuple[int, ...] = (),
+                   default_devices: int = 8) -> ClaimEvidence:
+    """1.2 TB before and 320 GB after, over every pairing of a 'before' reading (the whole model's
+    states on one device), a ZeRO-3 'after' layout (per device) and a device count (1-16 and
+    ``device_counts``): the article names neither the bytes counted nor the device count."""
+    readings, counts = zero3_readings(), sorted(set(range(1, 17)) | set(device_counts))
+    after = {f"{name} / devices": {n: b * n_params / n / GB for n in counts}
+             for name, b in list(readings.items())[:3]}
+    for row in zero3_rows(n_params, tuple(counts)):
+        if row["layout"].startswith("ZeRO-3"):
+            layout = "memory model: " + row["layout"].replace(", ", " ")
+            after.setdefault(layout, {})[row["devices"]] = row["per_device_GB"]
+    evidence = [{"value": {"before_GB": b * n_params / GB, "after_GB": per_device[n]},
+                 "conditions": {"before": before, "after": layout, "devices": n}, "kind": "modelled",
+                 "default": before == "ZeRO paper 2+2+12" and layout == "memory model: ZeRO-3"
+                 and n == default_devices}
+                for before, b in readings.items() for layout, per_device in after.items() for n in counts]
+    table = [{"reading": k, "bytes_per_param": v, "whole_model_GB": v * n_params / GB} for k, v in readings.items()]
+    offloaded = readings["16-bit weights"] * 2 * n_params / GB
+    note = (f"{n_params / 1e9:.0f}B params, mixed-precision AdamW. 'before': the whole model's states on one "
+            "device under each reading; 'after': per device under ZeRO-3, by the ZeRO paper's readings or "
+            f"chapter 02's memory model (checked against DeepSpeed's tensors in chapter 05), on {counts[0]}-"
+            f"{counts[-1]} devices. The article gives neither the device count nor the offload; with optimizer "
+            f"offload the devices hold only the 16-bit weights and gradients, {offloaded:.0f} GB in all.")
+    return ClaimEvidence("zero3_100b_1_2tb_to_320gb", note, table, evidence)

@@ -124,29 +124,3 @@ def measure_inference(model: TransformerXL, reference: TransformerXL, loader: St
             "us_per_token_masked": us["masked"], "us_per_token_ungated": us["ungated"],
             "time_ratio_vs_ungated": us["skipping"] / us["ungated"],
             "time_ratio_vs_masked": us["skipping"] / us["masked"]}
-
-
-def claim_verdict(rows: list[dict], low: float = 0.30, high: float = 0.50,
-                  loss_tolerance: float = 0.02) -> tuple[str, str, str]:
-    """(verdict, measured, note) for "the gate skips 30-50% of layer computations".
-
-    Holds if some penalty skips at least `low` for a loss cost within `loss_tolerance`
-    nats; holds only when a higher loss cost is accepted; does not hold if no penalty
-    reaches `low`.
-    """
-    summary = "; ".join(f"penalty {r['penalty']:g}: {r['skip_fraction']:.0%} skipped, "
-                        f"{r['loss_cost']:+.3f} nats, {r['time_ratio_vs_ungated']:.2f}x time" for r in rows)
-    reaching = [r for r in rows if r["skip_fraction"] >= low]
-    if not reaching:
-        best = max(rows, key=lambda r: r["skip_fraction"])
-        return ("does not hold", summary,
-                f"no penalty reached {low:.0%} skipped (most: {best['skip_fraction']:.0%} at penalty {best['penalty']:g})")
-    cheapest = min(reaching, key=lambda r: r["loss_cost"])
-    in_range = "within" if cheapest["skip_fraction"] <= high else "above"
-    note = (f"cheapest run skipping >= {low:.0%}: penalty {cheapest['penalty']:g}, "
-            f"{cheapest['skip_fraction']:.0%} skipped ({in_range} the claimed {low:.0%}-{high:.0%}), "
-            f"loss cost {cheapest['loss_cost']:+.3f} nats/token, time per token "
-            f"{cheapest['time_ratio_vs_ungated']:.2f}x the ungated model's")
-    if cheapest["loss_cost"] <= loss_tolerance:
-        return "holds", summary, note
-    return "holds only when", summary, f"only at a loss cost of {cheapest['loss_cost']:.3f} nats/token; " + note

@@ -113,8 +113,12 @@ def cluster_prediction(n_params: float, gpus_per_node: int, num_nodes: int = 1) 
     return rows
 
 
-def cluster_sentence(rows: list[dict[str, Any]]) -> str:
-    """One line of the cluster prediction for the claim cell."""
-    n = rows[0]["gpus"]
-    return f"The validated model on {n} GPUs: " + "; ".join(
-        f"{r['layout']} {r['GB_per_gpu']:.0f} GB/GPU" for r in rows) + "."
+def cluster_evidence(rows: list[dict[str, Any]], note: str = "") -> list[dict[str, Any]]:
+    """run.evidence rows for zero3_100b_1_2tb_to_320gb from cluster_prediction's rows: before = the
+    whole model's states on one GPU (DP), after = per GPU under each ZeRO-3 layout (modelled)."""
+    dp = next(r for r in rows if r["layout"].startswith("DP"))
+    return [{"value": {"before_GB": dp["GB_per_gpu"], "after_GB": r["GB_per_gpu"]}, "kind": "modelled",
+             "conditions": {"before": "memory model: DP (stage 0)", "devices": r["gpus"],
+                            "after": "memory model: " + r["layout"].replace(", ", " ")},
+             "default": "article" in r["layout"], "note": note}
+            for r in rows if r["layout"].startswith("ZeRO-3")]

@@ -1,11 +1,11 @@
-"""The article's chapter 09 claims, from the numbers measured in this chapter.
+"""The article's chapter 09 claims as evidence rows, from the numbers measured in this chapter.
 
-ckpt_sharing_98_to_65: "checkpointing (every 4 layers) + sharing: memory 98% -> 65%". The
-measured ratio (tuned / plain peak) is for the small model here; the article's setting
-(configs/model/article.yaml, mixed precision AdamW, chosen micro-batch) is modelled with
-the chapter 02 memory model and the same tuning: 98% x modelled ratio is the prediction.
-powersgd_1_16: "PowerSGD compresses to 1/16": the rank that gives 1/16 follows from the
-gradient shapes; the counted bytes and the loss at that rank say what it costs.
+ckpt_sharing_98_to_65: "checkpointing (every 4 layers) + sharing: memory 98% -> 65%", i.e. the
+tuned run needs 65/98 of the plain run's memory. Measured here (tuned / plain peak, the small
+model); the article's setting (configs/model/article.yaml, mixed precision AdamW) is modelled
+with the chapter 02 memory model over micro-batches (modelled rows: shown, not deciding).
+powersgd_1_16: "PowerSGD compresses to 1/16": per rank, the counted compression and the loss it
+costs over the same steps. The claims engine (dslib.claims) decides.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from dslib.model import count_parameters, load_config
 from dslib.model.config import ModelConfig
-from dslib.plan.claims import ClaimCheck
+from dslib.plan.claims import ClaimEvidence
 from dslib.plan.memory import model_states
 from dslib.tune.checkpointing import modelled_activation_bytes
 from dslib.tune.powersgd import rank_for_ratio, step_bytes
@@ -29,26 +29,29 @@ def modelled_training_bytes(config: ModelConfig, micro_batch: int, every: int | 
     return states + modelled_activation_bytes(config, micro_batch, every, element_bytes)
 
 
-def check_ckpt_sharing_98_to_65(plain_MB: float, tuned_MB: float, every: int, share_group: int,
-                                article_micro_batch: int = 8, start: float = 0.98) -> ClaimCheck:
-    """Measured tuned/plain peak here; 98% x the modelled ratio at the article's scale."""
+ARTICLE_MICRO_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def ckpt_sharing_evidence(plain_MB: float, tuned_MB: float, every: int, share_group: int,
+                          measured_conditions: dict[str, Any], article_micro_batch: int = 8,
+                          micro_batches: tuple[int, ...] = ARTICLE_MICRO_BATCHES) -> ClaimEvidence:
+    """The measured tuned/plain peak here, and the same ratio modelled at the article's scale."""
     article = load_config("article")
-    ratio_article = (modelled_training_bytes(article, article_micro_batch, every, share_group)
-                     / modelled_training_bytes(article, article_micro_batch, None, None))
-    ratio_here = tuned_MB / plain_MB
-    predicted = start * ratio_article
-    rows = [{"setting": "measured here (fp32)", "plain_MB": plain_MB, "tuned_MB": tuned_MB,
-             "ratio": ratio_here, "98%_becomes": start * ratio_here},
-            {"setting": f"modelled: article model, mixed precision, micro-batch {article_micro_batch}",
-             "ratio": ratio_article, "98%_becomes": predicted}]
-    verdict = "holds only when" if predicted <= 0.67 else "does not hold"  # within 2 points of 65%
-    measured = (f"checkpoint every {every} layers + MLP shared by {share_group} layers: peak {plain_MB:.0f} -> "
-                f"{tuned_MB:.0f} MB here ({ratio_here:.0%}); at the article's scale the model gives "
-                f"98% -> {predicted:.0%}")
-    note = ("The saving depends on how much of memory is activations (micro-batch, sequence length) and on the "
-            f"sharing group; modelled at micro-batch {article_micro_batch}, seq 512, no ZeRO. "
-            "'Activation' and 'gradient' checkpointing are one technique.")
-    return ClaimCheck("ckpt_sharing_98_to_65", measured, verdict, note, rows)
+    tuning = {"every": every, "share_group": share_group}
+    rows = [{"scale": "measured here", **measured_conditions, "plain_MB": plain_MB, "tuned_MB": tuned_MB,
+             "tuned_over_plain": tuned_MB / plain_MB}]
+    evidence = [{"value": tuned_MB / plain_MB, "conditions": {"scale": "here", **measured_conditions, **tuning},
+                 "default": True}]
+    for b in micro_batches:
+        ratio = (modelled_training_bytes(article, b, every, share_group)
+                 / modelled_training_bytes(article, b, None, None))
+        rows.append({"scale": "modelled: article model, mixed precision", "micro_batch": b, "tuned_over_plain": ratio})
+        evidence.append({"value": ratio, "kind": "modelled", "default": b == article_micro_batch, "conditions": {
+            "scale": "article", "model": "article", "micro_batch": b, "precision": "mixed", **tuning}})
+    note = (f"checkpoint every {every} layers + MLP shared by {share_group} layers. 98% -> 65% of a device is a "
+            "ratio of 0.663 of the plain run's memory. The saving is the activations' share of memory "
+            f"(micro-batch, sequence length) and the sharing group; modelled at seq {article.seq_len}, no ZeRO.")
+    return ClaimEvidence("ckpt_sharing_98_to_65", note, rows, evidence)
 
 
 def _tail_mean(values: list[float], n: int = 5) -> float:
@@ -56,10 +59,10 @@ def _tail_mean(values: list[float], n: int = 5) -> float:
     return sum(tail) / len(tail)
 
 
-def check_powersgd_1_16(runs: list[dict[str, Any]]) -> ClaimCheck:
-    """``runs`` from compare_compression: plain first, then one per PowerSGD rank."""
+def powersgd_evidence(runs: list[dict[str, Any]], conditions: dict[str, Any]) -> ClaimEvidence:
+    """``runs`` from compare_compression: plain first, then one per PowerSGD rank. One evidence row
+    per rank: the counted compression and the loss cost against plain DDP over the same steps."""
     plain, shapes = runs[0], runs[0]["shapes"]
-    rank16 = rank_for_ratio(shapes, 16.0)
     rows = []
     for run in runs:
         rows.append({"rank": run["rank"] or "plain", "bytes_per_step": run["bytes_per_step"][-1],
@@ -67,14 +70,13 @@ def check_powersgd_1_16(runs: list[dict[str, Any]]) -> ClaimCheck:
                      "formula_compression": step_bytes(shapes, None) / step_bytes(shapes, run["rank"]),
                      "final_loss": _tail_mean(run["losses"]),
                      "loss_cost": _tail_mean(run["losses"]) - _tail_mean(plain["losses"])})
-    at16 = next((row for row in rows if row["rank"] == rank16), None)
-    if rank16 is None:
-        return ClaimCheck("powersgd_1_16", "no rank reaches 1/16 for this model", "does not hold",
-                          "all ranks send more than 1/16", rows)
-    cost = (f"; loss after {len(plain['losses'])} steps {at16['final_loss']:.3f} vs {rows[0]['final_loss']:.3f} "
-            f"plain (+{at16['loss_cost']:.3f})" if at16 else " (that rank was not trained here)")
-    measured = (f"rank {rank16} is the largest rank with >= 16x for these gradient shapes "
-                f"({step_bytes(shapes, None) / step_bytes(shapes, rank16):.1f}x by formula){cost}")
-    note = ("Compression depends on the rank and on the matrix shapes ((n+m)r vs nm), not a fixed 16x; "
-            "the loss cost shows over a short run with error feedback and plain all-reduce warm-up.")
-    return ClaimCheck("powersgd_1_16", measured, "holds only when", note, rows)
+    evidence = [{"value": {"compression": row["compression"], "loss_cost": row["loss_cost"]},
+                 "conditions": {"rank": row["rank"], **conditions, "steps": len(plain["losses"])}}
+                for row in rows[1:]]
+    rank16 = rank_for_ratio(shapes, 16.0)
+    note = ("Compression depends on the rank and on the matrix shapes ((n+m)r vs nm), not a fixed 16x: "
+            + (f"rank {rank16} is the largest with >= 16x for these gradient shapes" if rank16 else
+               "no rank reaches 16x for these gradient shapes")
+            + "; the loss cost (mean of the last 5 steps) shows over a short run with error feedback and plain "
+            "all-reduce warm-up.")
+    return ClaimEvidence("powersgd_1_16", note, rows, evidence)
