@@ -6,7 +6,8 @@ import itertools
 import pytest
 from pydantic import ValidationError
 
-from dslib.plan import claims, comm, flops, memory
+from dslib.plan import comm, flops, memory
+from dslib.studies import planning_claims as claims
 
 ds_zero2 = pytest.importorskip("deepspeed.runtime.zero.stage_1_and_2")
 ds_zero3 = pytest.importorskip("deepspeed.runtime.zero.stage3")

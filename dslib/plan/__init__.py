@@ -5,8 +5,8 @@
     memory.buffer_bytes(n_params, zero_stage)   DDP / DeepSpeed bucket buffers
     flops.training_flops_per_token(n_params, layers, hidden, seq_len, memory_length)
     comm.step_volume / comm.step_comm_time / comm.overlapped_step   per-step communication
-    measure.measure_loopback_link(sizes)        this machine's all-reduce, fitted alpha-beta
-    claims.*_evidence                           evidence rows for the article's claims, over a grid of settings
+    measure.matmul_peak()                       this machine's fp32 matmul FLOP/s (the MFU reference)
+Chapter 02's measured loopback link and its claim evidence are in dslib.studies.
 """
 from dslib.plan import comm, flops, memory
 from dslib.plan.memory import ActivationShape, MemoryPlan, ModelStateMemory, activation_memory, model_states

@@ -11,7 +11,7 @@ Every stage is the chapter's own code:
              activation checkpointing of every k-th block (ch. 09)
   evaluate   dslib.eval (ch. 10): perplexity per source with and without memory, the unigram
              baseline on the same tokens, domain prompt accuracy, one robustness point
-  card       dslib.eval.model_card, with the claims ledger of the latest chapter runs
+  card       dslib.jobs.model_card, with the claims ledger of the latest chapter runs
 """
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ from dslib.data.tokenizer import get_tokenizer
 from dslib.env import device, outputs_dir
 from dslib.eval.corpus import chunk_words as cut, held_out
 from dslib.eval.lm import DslibLM
-from dslib.eval.model_card import ModelCard
 from dslib.eval.perplexity import perplexity, unigram_perplexity
 from dslib.eval.prompts import build_suites, evaluate_suites
 from dslib.eval.robustness import robustness_curves
+from dslib.jobs.model_card import ModelCard
 from dslib.jobs.report import latest_records
 from dslib.model import TransformerXL
 from dslib.optim.lion import Lion

@@ -13,8 +13,8 @@ from typing import Any
 
 from dslib.model import count_parameters, load_config
 from dslib.model.config import ModelConfig
-from dslib.plan.claims import ClaimEvidence
 from dslib.plan.memory import model_states
+from dslib.studies.planning_claims import ClaimEvidence
 from dslib.tune.checkpointing import modelled_activation_bytes
 from dslib.tune.powersgd import rank_for_ratio, step_bytes
 from dslib.tune.sharing import shared_parameter_count
