@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             from dslib.jobs.record import read_record
 
             stems = {read_record(d).get("stem", d.name) for d in args.run_dirs}
-            build = report.compare if len(args.run_dirs) > 1 and len(stems) == 1 else report.build
+            build = report.compare if len(args.run_dirs) > 1 and len(stems) == 1 else report.build_report
             md, html = build(args.run_dirs, args.out)
             print(f"report: {md} and {html}")
             return 0

@@ -24,7 +24,7 @@ def burn(stop: float) -> None:
 
 
 def one_round(folder: Path) -> list[tuple[str, str]]:
-    from dslib.parallel.pipeline import pipe_config, run_pipeline
+    from dslib.parallel.pipeline import pipe_config, run_pipeline_engines
     from dslib.studies.zero3 import run_zero
 
     failures = []
@@ -32,7 +32,7 @@ def one_round(folder: Path) -> list[tuple[str, str]]:
         "zero3_nvme": lambda: run_zero("zero3_nvme", nprocs=2, model="tiny", steps=3, nvme_dir=folder,
                                        model_overrides={"hidden_size": 256, "intermediate_size": 2048}),
         "zero3_offload_cpu": lambda: run_zero("zero3_offload_cpu", nprocs=2, model="tiny", steps=3),
-        "pipeline": lambda: run_pipeline([{"config": pipe_config("tiny", num_layers=4), "label": "stress",
+        "pipeline": lambda: run_pipeline_engines([{"config": pipe_config("tiny", num_layers=4), "label": "stress",
                                            "partition_method": "uniform", "micro_batches": 2}], steps=2),
     }
     for name, run in runs.items():

@@ -19,7 +19,7 @@ TINY = dict(sources={"kjv": 80, "asv": 40, "hpo": 60}, vocab_size=300, val_fract
 
 
 def test_flat_overrides_land_in_their_section():
-    cfg = end_to_end.load_config("end_to_end", steps=7, zero_stage=2, robust_rate=0.5, seed=3)
+    cfg = end_to_end.load_end_to_end_config("end_to_end", steps=7, zero_stage=2, robust_rate=0.5, seed=3)
     assert (cfg.train.steps, cfg.train.zero_stage, cfg.eval.robust_rate, cfg.seed) == (7, 2, 0.5, 3)
     assert cfg.recipe().steps == 7
 
@@ -31,11 +31,11 @@ def test_flat_overrides_land_in_their_section():
 ])
 def test_bad_values_fail_before_any_work(overrides, fragment):
     with pytest.raises((ConfigError, FileNotFoundError), match=fragment):
-        end_to_end.load_config("end_to_end", **overrides)
+        end_to_end.load_end_to_end_config("end_to_end", **overrides)
 
 
 def test_lion_gets_the_scaled_lr_and_weight_decay():
-    adamw, lion = (end_to_end.load_config(optimizer=o).recipe() for o in ("adamw", "lion"))
+    adamw, lion = (end_to_end.load_end_to_end_config(optimizer=o).recipe() for o in ("adamw", "lion"))
     assert lion.lr == pytest.approx(adamw.lr * 0.2) and lion.weight_decay == pytest.approx(adamw.weight_decay / 0.2)
 
 
@@ -44,7 +44,7 @@ def test_notebook_defaults_are_the_config_file():
 
     declared = declared_parameters(REPO_ROOT / "notebooks" / "11_end_to_end.ipynb")
     assert declared.pop("config") == "end_to_end" and sorted(declared) == sorted(end_to_end.parameter_names())
-    cfg = end_to_end.load_config("end_to_end")
+    cfg = end_to_end.load_end_to_end_config("end_to_end")
     from_file = {"seed": cfg.seed, **{k: v for s in end_to_end.SECTIONS for k, v in getattr(cfg, s).model_dump().items()}}
     assert declared == from_file
 
@@ -70,10 +70,10 @@ def test_unigram_perplexity_against_a_direct_count(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("e2e")
-    cfg = end_to_end.load_config("end_to_end", **TINY)
+    cfg = end_to_end.load_end_to_end_config("end_to_end", **TINY)
     corpus = end_to_end.prepare_data(cfg, folder)
-    trained = end_to_end.train(cfg, corpus)
-    return cfg, corpus, trained, end_to_end.evaluate(cfg, corpus, trained.model), folder
+    trained = end_to_end.train_model(cfg, corpus)
+    return cfg, corpus, trained, end_to_end.evaluate_trained(cfg, corpus, trained.model), folder
 
 
 def test_tiny_run_evaluates_every_source(tiny_run):
@@ -166,6 +166,6 @@ def test_another_config_file_changes_the_run(tmp_path):
         return {k: v for k, v in changed_parameters("11_end_to_end", names).items() if k in end_to_end.parameter_names()}
 
     assert overrides(namespace) == {}
-    cfg = end_to_end.load_config(path, **overrides(namespace))
+    cfg = end_to_end.load_end_to_end_config(path, **overrides(namespace))
     assert (cfg.seed, cfg.train.steps) == (7, 123)
     assert overrides({**namespace, "steps": 9}) == {"steps": 9}  # a hand edit still overrides the file

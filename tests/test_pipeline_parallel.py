@@ -9,7 +9,7 @@ import pytest
 
 from dslib.model import flops_per_token
 from dslib.parallel import pipeline
-from dslib.parallel.pipeline import PipeRun, pipe_config, pipe_ds_config, run_pipeline
+from dslib.parallel.pipeline import PipeRun, pipe_config, pipe_ds_config, run_pipeline_engines
 from dslib.studies.pipeline_study import (bubble_formula, describe_stages, idle_fraction, layer_flops, run_3d,
                                            stage_times, train_reference)
 from dslib.data.shards import corpus_shards
@@ -21,7 +21,7 @@ TINY = {"num_layers": 3}
 @pytest.fixture(scope="module")
 def pipe_run():
     config = pipe_config("tiny", **TINY)
-    return run_pipeline([{"config": config, "partition_method": "type:BlockPipe", "micro_batches": M}],
+    return run_pipeline_engines([{"config": config, "partition_method": "type:BlockPipe", "micro_batches": M}],
                         stages=2, micro_batch=MICRO, steps=STEPS)[0]
 
 
@@ -55,7 +55,7 @@ def test_timestamps_give_stage_times_and_a_bubble(pipe_run):
 def test_invalid_shapes_are_refused_before_any_rank_starts(kwargs, message):
     config = pipe_config("tiny")  # 2 blocks, 4 heads
     with pytest.raises(ValueError, match=message):
-        pipeline.validate(config, kwargs["nprocs"], kwargs["stages"], ["uniform"], [2], kwargs["tensor"])
+        pipeline.validate_pipeline(config, kwargs["nprocs"], kwargs["stages"], ["uniform"], [2], kwargs["tensor"])
 
 
 def test_run_pipeline_refuses_a_bad_partition_method_without_launching(monkeypatch):
@@ -63,7 +63,7 @@ def test_run_pipeline_refuses_a_bad_partition_method_without_launching(monkeypat
         raise AssertionError("a rank was started")
     monkeypatch.setattr("dslib.dist.launch.launch", no_launch)
     with pytest.raises(ValueError, match="matches no layer"):
-        run_pipeline([{"config": pipe_config("tiny"), "partition_method": "type:Conv", "micro_batches": 2}])
+        run_pipeline_engines([{"config": pipe_config("tiny"), "partition_method": "type:Conv", "micro_batches": 2}])
     with pytest.raises(ValueError, match="gate.enabled"):
         pipe_config("tiny", gate={"enabled": True})
 

@@ -20,7 +20,7 @@ from dslib.data.tokenizer import get_tokenizer
 from dslib.env import python_path
 from dslib.model import TransformerXL, load_config
 from dslib.train.__main__ import main as cli_main
-from dslib.train import (TrainConfig, Trainer, evaluate, latest_checkpoint, load_checkpoint, lr_at,
+from dslib.train import (TrainConfig, Trainer, latest_checkpoint, load_checkpoint, lr_at, validation_loss,
                          seed_everything, train)
 from dslib.train.checkpoint import checkpoint_path, list_checkpoints
 
@@ -97,7 +97,7 @@ def test_eval_loss_decreases(shards, tmp_path: Path, monkeypatch: pytest.MonkeyP
     model = tiny_model(shards.vocab_size)
     cfg = small_config(steps=40, eval_every=20, name="tiny")
     val = StreamLoader(shards.tokens("val"), cfg.batch_size, cfg.seq_len)
-    before = evaluate(model, val, cfg.eval_batches)
+    before = validation_loss(model, val, cfg.eval_batches)
     result = train(model, cfg, shards.tokens("train"), shards.tokens("val"), run=jobs.start("03_test"),
                    device="cpu")
     assert [e["step"] for e in result.evals] == [20, 40]

@@ -55,7 +55,7 @@ class Tokenizer:
         return n_bytes / max(n_tokens, 1)
 
 
-def train(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """Train a byte-level BPE on ``texts`` (every byte is in the alphabet: no unknown token)."""
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -83,7 +83,7 @@ def get_tokenizer(texts: Iterable[str], vocab_size: int, cache: Path | None = No
     path = folder / f"{content_key(texts, vocab_size)}.json"
     if path.exists():
         return Tokenizer.load(path)
-    tok = train(texts, vocab_size)
+    tok = train_tokenizer(texts, vocab_size)
     with atomic_path(path) as tmp:  # a concurrent reader never sees half a file
         tok.save(tmp)
     tok.path = path

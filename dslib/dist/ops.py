@@ -111,7 +111,7 @@ def use_interpreter_tools() -> None:
         os.environ["PATH"] = os.pathsep.join(filter(None, [bin_dir, os.environ.get("PATH")]))
 
 
-def build(op: str) -> tuple[float, bool]:
+def build_op(op: str) -> tuple[float, bool]:
     """Make the op available: (seconds it took, whether it came from the cache). A cache miss
     compiles it with DeepSpeed's own builder and stores the library under its key."""
     start = time.perf_counter()
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{op:10s} {'built' if is_built(op) else 'not built'} ({cached_library(op)})")
             continue
         try:  # one op that cannot build (e.g. async_io without libaio-dev) must not stop the others
-            seconds, cached = build(op)
+            seconds, cached = build_op(op)
             print(f"{op:10s} {'cached' if cached else 'built'} in {seconds:.1f} s", flush=True)
         except Exception as err:
             failed.append(op)

@@ -41,7 +41,7 @@ def run_book(profile: str = DEFAULT_PROFILE, only: list[str] | None = None, out:
         state = "ok" if result.ok else f"FAILED: {result.error}"
         echo(f"[{i}/{len(notebooks)}] {nb.stem}: {state} ({result.wall_s:.1f} s, "
              f"total {time.perf_counter() - start:.0f} s)", flush=True)
-    md, html = report.build([r.run_dir for r in results], book)
+    md, html = report.build_report([r.run_dir for r in results], book)
     echo(budget_table({r.run_dir.name: r.wall_s for r in results}, profile))
     echo(f"report: {md} and {html}")
     return results, md

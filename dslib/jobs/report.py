@@ -139,7 +139,7 @@ def latest_records(root: Path, exclude: Path | None = None) -> dict[Path, dict[s
     return {run_dir: record for _, run_dir, record in newest.values()}
 
 
-def build(run_dirs: list[Path], out_dir: Path, title: str = "The dslib cookbook") -> tuple[Path, Path]:
+def build_report(run_dirs: list[Path], out_dir: Path, title: str = "The dslib cookbook") -> tuple[Path, Path]:
     """Write ``index.md`` and ``index.html`` in ``out_dir`` from the given run directories."""
     out_dir.mkdir(parents=True, exist_ok=True)
     records = {d: read_record(d) for d in run_dirs}  # each metrics.json read once

@@ -1,7 +1,7 @@
 """A DeepSeek-V3-style language model at toy scale (chapter 12), and the dense GPT baseline.
 
-  idx -> Embedding -> L x Block -> RMSNorm -> Head -> logits        (+ MTP modules in training)
-  Block: x + Attn(RMSNorm(x)); then x + FFN(RMSNorm(x)), pre-norm
+  idx -> Embedding -> L x DeepSeekBlock -> RMSNorm -> Head -> logits        (+ MTP modules in training)
+  DeepSeekBlock: x + Attn(RMSNorm(x)); then x + FFN(RMSNorm(x)), pre-norm
   Attn:  MLA (mla.py) or, for the baseline, MHA/GQA with RoPE
   FFN:   a dense SwiGLU in the first `first_k_dense` layers (V3: 3), DeepSeekMoE (moe.py) after
 The baseline is the same class with attention.kind=mha, ffn=dense, mtp.depth=0
@@ -31,7 +31,7 @@ from dslib.model.mtp import MTPModule, mtp_forward
 from dslib.model.transformer_xl import ModelOutput
 
 
-class Block(nn.Module):
+class DeepSeekBlock(nn.Module):
     def __init__(self, config: DeepSeekConfig, moe: bool):
         super().__init__()
         d, eps = config.hidden_size, config.rms_norm_eps
@@ -57,14 +57,14 @@ class DeepSeekModel(nn.Module):
         self.config = config
         d = config.hidden_size
         self.embed = nn.Embedding(config.vocab_size, d)
-        self.blocks = nn.ModuleList(Block(config, config.is_moe_layer(i)) for i in range(config.num_layers))
+        self.blocks = nn.ModuleList(DeepSeekBlock(config, config.is_moe_layer(i)) for i in range(config.num_layers))
         self.norm = nn.RMSNorm(d, eps=config.rms_norm_eps)
         self.head = nn.Linear(d, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
         # V3's MTP block is of the kind of the main model's last layers (MoE when ffn=moe)
         self.mtp = nn.ModuleList(
-            MTPModule(d, Block(config, moe=config.ffn == "moe"), config.rms_norm_eps)
+            MTPModule(d, DeepSeekBlock(config, moe=config.ffn == "moe"), config.rms_norm_eps)
             for _ in range(config.mtp.depth))
         self._init_weights()
 

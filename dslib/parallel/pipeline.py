@@ -124,7 +124,7 @@ def layer_names(config: ModelConfig) -> list[str]:
     return ["EmbeddingPipe", *["BlockPipe"] * config.num_layers, "LayerNorm", "EmbeddingPipe(head)"]
 
 
-def validate(config: ModelConfig, nprocs: int, stages: int, partition_methods: list[str],
+def validate_pipeline(config: ModelConfig, nprocs: int, stages: int, partition_methods: list[str],
              micro_batches: list[int], tensor: int = 1) -> None:
     """Refuse a shape the pipeline cannot run, in this process, before any rank starts.
     The grid (dp=1 x pp=stages x tp=tensor) is checked by dslib.parallel.grid."""
@@ -198,7 +198,7 @@ class PipeRun:
         return [names[a:b] for a, b in zip(self.parts, self.parts[1:])]
 
 
-def build_engine(config: ModelConfig, ds_config: dict, partition_method: str, seed: int, topology=None,
+def build_pipeline_engine(config: ModelConfig, ds_config: dict, partition_method: str, seed: int, topology=None,
                  stages: int | None = None, transform=None):
     """PipelineModule + DeepSpeed pipeline engine on this rank. ``transform(module)`` may rewrite the
     stage's layers in place before the engine wraps them (tensor parallel does)."""
@@ -231,7 +231,7 @@ def _collect(run: dict, engine, losses: list[float], events: list) -> PipeRun:
                    [by_stage[s][1] for s in stages], (first - last).abs().max().item())
 
 
-def train_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed: int = 0, stages: int = 2,
+def train_pipeline_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed: int = 0, stages: int = 2,
                topology_dims: dict | None = None, transform: str | None = None) -> list[PipeRun]:
     """One rank: for each run ({"label", "config", "partition_method", "micro_batches"}) build a
     pipeline and train ``steps`` steps with ``engine.train_batch``, timing every instruction.
@@ -256,7 +256,7 @@ def train_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed:
         model_cfg, m = ModelConfig(**run["config"]), run["micro_batches"]
         ds_cfg = {**ds_config, "gradient_accumulation_steps": m}
         topology = PipeModelDataParallelTopology(**topology_dims) if topology_dims else None
-        engines.append(build_engine(model_cfg, ds_cfg, run["partition_method"], seed, topology, stages, edit))
+        engines.append(build_pipeline_engine(model_cfg, ds_cfg, run["partition_method"], seed, topology, stages, edit))
         streams.append(micro_batch_stream(tokens, ds_cfg["train_micro_batch_size_per_gpu"], m,
                                           model_cfg.seq_len, seed))
     events: list = []
@@ -274,7 +274,7 @@ def train_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed:
             for run, engine, run_losses, run_events in zip(runs, engines, losses, per_step)]
 
 
-def run_pipeline(runs: list[dict], stages: int = 2, micro_batch: int = 2, steps: int = 3, seed: int = 0,
+def run_pipeline_engines(runs: list[dict], stages: int = 2, micro_batch: int = 2, steps: int = 3, seed: int = 0,
                  tensor: int = 1, transform: str | None = None, token_docs: int = 2000,
                  timeout: float = 300) -> list[PipeRun]:
     """Validate every run here, then train them all, step by step in turn, on stages * tensor ranks
@@ -284,7 +284,7 @@ def run_pipeline(runs: list[dict], stages: int = 2, micro_batch: int = 2, steps:
 
     nprocs = stages * tensor
     for run in runs:
-        validate(run["config"], nprocs, stages, [run["partition_method"]], [run["micro_batches"]], tensor)
+        validate_pipeline(run["config"], nprocs, stages, [run["partition_method"]], [run["micro_batches"]], tensor)
     if tensor > 1 and transform is None:
         raise ValueError("tensor > 1 needs transform='module:function' (the tensor-parallel rewrite)")
     vocab = min(run["config"].vocab_size for run in runs)  # token ids valid for every run's embedding
@@ -293,4 +293,4 @@ def run_pipeline(runs: list[dict], stages: int = 2, micro_batch: int = 2, steps:
                   shards=str(corpus_shards(vocab, limit=token_docs)), stages=stages,
                   topology_dims=dict(num_pp=stages, num_mp=tensor, num_dp=1) if tensor > 1 else None,
                   transform=transform)
-    return launch(entry="dslib.parallel.pipeline:train_rank", nprocs=nprocs, kwargs=kwargs, timeout=timeout)
+    return launch(entry="dslib.parallel.pipeline:train_pipeline_rank", nprocs=nprocs, kwargs=kwargs, timeout=timeout)

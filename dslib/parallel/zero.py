@@ -36,10 +36,10 @@ from dslib.train.step import EngineStepper, carried_memory, train_step
 from dslib.train.trainer import TrainResult
 from dslib.tune.checkpointing import apply_checkpointing
 
-Optimizer = Literal["adamw", "lion"]
+ZeroOptimizer = Literal["adamw", "lion"]
 
 
-def ds_optimizer(name: Optimizer, cfg: TrainConfig) -> dict[str, Any]:
+def ds_optimizer(name: ZeroOptimizer, cfg: TrainConfig) -> dict[str, Any]:
     """DeepSpeed's optimizer section for the recipe's hyper-parameters."""
     params = {"lr": cfg.lr, "betas": list(cfg.betas), "weight_decay": cfg.weight_decay}
     if name == "adamw":
@@ -49,7 +49,7 @@ def ds_optimizer(name: Optimizer, cfg: TrainConfig) -> dict[str, Any]:
     raise ValueError(f"optimizer must be 'adamw' or 'lion', got {name!r}")
 
 
-def zero_config(cfg: TrainConfig, stage: int, optimizer: Optimizer, world: int) -> dict[str, Any]:
+def zero_config(cfg: TrainConfig, stage: int, optimizer: ZeroOptimizer, world: int) -> dict[str, Any]:
     """The DeepSpeed config of a run, validated here (before any rank starts)."""
     if stage not in (1, 2, 3):
         raise ValueError(f"zero stage must be 1, 2 or 3 here (0 is the single-process Trainer), got {stage}")
@@ -105,7 +105,7 @@ def train_zero_rank(model_config: dict[str, Any], train_config: dict[str, Any], 
 
 
 def train_zero(model_config: Any, cfg: TrainConfig, shards_folder: str | Path, stage: int,
-               optimizer: Optimizer = "adamw", checkpoint_every: int | None = None, nprocs: int = 2,
+               optimizer: ZeroOptimizer = "adamw", checkpoint_every: int | None = None, nprocs: int = 2,
                timeout: float = 900) -> tuple[TrainResult, dict[str, torch.Tensor]]:
     """Train on ``nprocs`` DeepSpeed ranks through dslib.dist.launch; returns rank 0's
     (TrainResult, FP32 state dict). ``model_config``: a dslib ModelConfig."""

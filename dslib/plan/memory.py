@@ -64,8 +64,8 @@ from pydantic import Field, model_validator
 
 from dslib.configs import Strict
 
-Optimizer = Literal["adamw", "adam", "lion", "sgd", "sgd_momentum"]
-Precision = Literal["fp32", "amp", "mixed"]
+OptimizerKind = Literal["adamw", "adam", "lion", "sgd", "sgd_momentum"]
+PrecisionRecipe = Literal["fp32", "amp", "mixed"]
 OffloadDevice = Literal["none", "cpu", "nvme"]
 Accounting = Literal["paper", "peak", "before_step"]
 ACCOUNTINGS: tuple[str, ...] = ("paper", "peak", "before_step")
@@ -80,8 +80,8 @@ class MemoryPlan(Strict):
     """The inputs of the model-state memory model; a bad value raises a ValidationError naming it."""
 
     n_params: int = Field(gt=0, description="total parameters (shared ones counted once)")
-    optimizer: Optimizer = "adamw"
-    precision: Precision = Field("mixed", description="fp32; amp = fp32 weights + autocast; "
+    optimizer: OptimizerKind = "adamw"
+    precision: PrecisionRecipe = Field("mixed", description="fp32; amp = fp32 weights + autocast; "
                                  "mixed = 16-bit weights/grads + fp32 master (DeepSpeed fp16/bf16)")
     zero_stage: Literal[0, 1, 2, 3] = 0
     gpus_per_node: int = Field(1, gt=0)

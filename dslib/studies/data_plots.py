@@ -83,7 +83,7 @@ def filter_scores(table: pd.DataFrame) -> Any:
     return fig
 
 
-def kappa_matrix(matrix: np.ndarray, fleiss: float) -> Any:
+def plot_kappa_matrix(matrix: np.ndarray, fleiss: float) -> Any:
     fig, ax = new_figure(1, width=5, height=4.5)
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
     n = len(matrix)

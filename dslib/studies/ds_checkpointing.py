@@ -102,7 +102,7 @@ def variant_config(ds_config: dict[str, Any], variant: str, checkpointed_calls: 
     return DeepSpeedConfig(**{**ds_config, "activation_checkpointing": section}).as_dict()
 
 
-def build_engine(ds_config: dict[str, Any], variant: str, model: str, model_overrides: dict[str, Any],
+def build_checkpointing_engine(ds_config: dict[str, Any], variant: str, model: str, model_overrides: dict[str, Any],
                  every: int | None, seed: int):
     """A DeepSpeed engine over the chapter 03 model, every k-th block checkpointed by the variant,
     and the variant's config (for ``configure_checkpointing``)."""
@@ -139,7 +139,7 @@ class _Run:
 
     def __init__(self, ds_config, variant, every, model, model_overrides, micro_batch, seed) -> None:
         self.variant = variant
-        self.engine, self.config = build_engine(ds_config, variant, model, model_overrides, every, seed)
+        self.engine, self.config = build_checkpointing_engine(ds_config, variant, model, model_overrides, every, seed)
         self.stepper = EngineStepper(self.engine)
         idx = rank_batch(model, model_overrides, micro_batch, seed, VARIANTS[variant].model_parallel)
         self.batch = (idx, idx)
@@ -156,7 +156,7 @@ def _error_text(error: Exception) -> str:
 def sweep_rank(ds_config: dict[str, Any], runs: list[tuple[str, int | None]], model: str,
                model_overrides: dict[str, Any], micro_batch: int, steps: int = 2, timed_steps: int = 3,
                seed: int = 0) -> list[dict[str, Any]]:
-    """One rank of ``checkpoint_sweep``; rank 0 returns the rows. Every (variant, k) gets an engine
+    """One rank of ``deepspeed_checkpoint_sweep``; rank 0 returns the rows. Every (variant, k) gets an engine
     and a warm-up step (a variant that raises is recorded and dropped: the ranks fail alike); steps
     are timed round-robin over the engines, so a slow phase of a shared machine hits all alike;
     then each engine's peak memory over ``steps`` steps, the others at rest."""
@@ -196,7 +196,7 @@ def sweep_rank(ds_config: dict[str, Any], runs: list[tuple[str, int | None]], mo
     return rows
 
 
-def checkpoint_sweep(everies: list[int | None], impls: list[str], section_variants: list[str] = (),
+def deepspeed_checkpoint_sweep(everies: list[int | None], impls: list[str], section_variants: list[str] = (),
                      section_every: int = 1, model: str = "tiny", model_overrides: dict[str, Any] | None = None,
                      config: str = "zero2", nprocs: int = 2, micro_batch: int = 8, steps: int = 2,
                      timed_steps: int = 3, seed: int = 0, timeout: float = 900) -> list[dict[str, Any]]:
@@ -245,7 +245,7 @@ def _gradient_differences(ds_config: dict[str, Any], variant: str, every: int, m
     plain = build_model(load_config(model, **model_overrides), seed, device())
     global_batch = torch.cat(batches)  # mean loss over it = DeepSpeed's mean of the ranks' losses
     plain(global_batch, targets=global_batch).loss.backward()
-    engine, config = build_engine(ds_config, variant, model, model_overrides, every, seed)
+    engine, config = build_checkpointing_engine(ds_config, variant, model, model_overrides, every, seed)
     configure_checkpointing(variant, config)
     engine.backward(engine(idx, targets=idx).loss)
     diffs = {}

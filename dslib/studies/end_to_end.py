@@ -40,12 +40,12 @@ from dslib.jobs.report import latest_records
 from dslib.model import TransformerXL
 from dslib.optim.lion import Lion
 from dslib.parallel.zero import train_zero
-from dslib.studies.end_to_end_config import EndToEndConfig, SECTIONS, load_config, parameter_names
+from dslib.studies.end_to_end_config import EndToEndConfig, SECTIONS, load_end_to_end_config, parameter_names
 from dslib.train import Trainer, seed_everything
 from dslib.tune.checkpointing import apply_checkpointing, checkpointed_layers, remove_checkpointing
 
-__all__ = ["SECTIONS", "Corpus", "EndToEndConfig", "Evaluation", "Trained", "check_beats_unigram", "evaluate",
-           "load_config", "model_card", "parameter_names", "prepare_data", "train"]
+__all__ = ["SECTIONS", "Corpus", "EndToEndConfig", "Evaluation", "Trained", "check_beats_unigram", "evaluate_trained",
+           "load_end_to_end_config", "model_card", "parameter_names", "prepare_data", "train_model"]
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def lion_factory(weight_decay: float) -> Any:
     return lambda groups: Lion(groups, betas=(0.9, 0.99), weight_decay=weight_decay)
 
 
-def train(cfg: EndToEndConfig, corpus: Corpus, run: Any = None) -> Trained:
+def train_model(cfg: EndToEndConfig, corpus: Corpus, run: Any = None) -> Trained:
     """Train with the configured chapter choices; the returned model is on this process."""
 
     t, model_cfg, train_cfg = cfg.train, cfg.architecture_config(corpus.tokenizer.vocab_size), cfg.recipe()
@@ -132,7 +132,7 @@ class Evaluation:
     robustness: list[dict[str, Any]]  # one attack at one rate
 
 
-def evaluate(cfg: EndToEndConfig, corpus: Corpus, model: Any) -> Evaluation:
+def evaluate_trained(cfg: EndToEndConfig, corpus: Corpus, model: Any) -> Evaluation:
     """Chapter 10's measures on the held-out documents of every source."""
 
     e, seq_len, tok = cfg.eval, cfg.model.seq_len, corpus.tokenizer

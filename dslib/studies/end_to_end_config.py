@@ -1,7 +1,7 @@
 """The one config of the end-to-end run (configs/end_to_end.yaml), validated before any work.
 
 Four sections (data, model, train, eval) and the seed. A notebook's flat parameters override
-the file by name: ``load_config("end_to_end", steps=20)`` sets ``train.steps``; every name
+the file by name: ``load_end_to_end_config("end_to_end", steps=20)`` sets ``train.steps``; every name
 belongs to exactly one section, and an unknown name or a bad value is an error naming it.
 """
 from __future__ import annotations
@@ -112,7 +112,7 @@ class EndToEndConfig(Strict):
 SECTIONS = {"data": DataSection, "model": ModelSection, "train": TrainSection, "eval": EvalSection}
 
 
-def load_config(name_or_path: str | Path = "end_to_end", **overrides: Any) -> EndToEndConfig:
+def load_end_to_end_config(name_or_path: str | Path = "end_to_end", **overrides: Any) -> EndToEndConfig:
     """configs/<name>.yaml (or a path) with flat overrides (``steps=20`` sets train.steps)."""
 
     path = config_path(name_or_path, CONFIG_DIR, ".yaml", "end-to-end")
@@ -129,5 +129,5 @@ def load_config(name_or_path: str | Path = "end_to_end", **overrides: Any) -> En
 
 
 def parameter_names() -> list[str]:
-    """Every flat name ``load_config`` accepts (notebook 11's parameters besides ``config``)."""
+    """Every flat name ``load_end_to_end_config`` accepts (notebook 11's parameters besides ``config``)."""
     return ["seed", *(name for model in SECTIONS.values() for name in model.model_fields)]

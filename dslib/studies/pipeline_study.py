@@ -21,7 +21,7 @@ from dslib.data.shards import corpus_shards, load_shards
 from dslib.env import device
 from dslib.model import ModelConfig, TransformerXL, flops_breakdown
 from dslib.parallel.pipeline import (BlockPipe, EmbeddingPipe, PipeRun, micro_batch_stream, pipe_config,
-                                     pipe_ds_config, run_pipeline)
+                                     pipe_ds_config, run_pipeline_engines)
 from dslib.train.step import OptimizerStepper, train_step
 
 STAGE_WORK = ("ForwardPass", "BackwardPass")  # the instructions that compute
@@ -133,7 +133,7 @@ def study(model: str, layouts: dict[str, dict], methods: list[str], balance_micr
              "micro_batches": balance_micro_batches} for name, overrides in layouts.items() for method in methods]
     runs += [{"label": "bubble", "config": pipe_config(model, **layouts[bubble_layout]),
               "partition_method": bubble_method, "micro_batches": m} for m in bubble_micro_batches]
-    results = run_pipeline(runs, stages=stages, micro_batch=micro_batch, steps=steps, seed=seed, timeout=timeout)
+    results = run_pipeline_engines(runs, stages=stages, micro_batch=micro_batch, steps=steps, seed=seed, timeout=timeout)
     balance = [r for r in results if r.label != "bubble"]
     return {"balance": balance_rows(balance), "bubble": bubble_rows(results[len(balance):]), "runs": results}
 
@@ -167,7 +167,7 @@ def run_3d(model: str = "tiny", model_overrides: dict | None = None, pipeline: i
     """dp=1 x pp=pipeline x tp=tensor training against the single-process run: both loss curves."""
 
     config = pipe_config(model, **(model_overrides or {}))
-    run = run_pipeline([{"config": config, "partition_method": "type:BlockPipe", "micro_batches": micro_batches,
+    run = run_pipeline_engines([{"config": config, "partition_method": "type:BlockPipe", "micro_batches": micro_batches,
                          "label": "3d"}], stages=pipeline, tensor=tensor, micro_batch=micro_batch, steps=steps,
                        seed=seed, transform="dslib.parallel.pipeline:tensor_parallel_stage", token_docs=token_docs,
                        timeout=timeout)[0]

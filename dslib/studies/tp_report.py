@@ -53,7 +53,7 @@ def memory_rows(studies: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_memory(rows: list[dict[str, Any]]):
+def plot_saved_activations(rows: list[dict[str, Any]]):
     fig, ax = viz.new_figure()
     for mode, marker in zip(MODES.values(), "osD"):
         points = [(1, rows[0]["saved KiB per rank"])] + [(r["ranks"], r["saved KiB per rank"]) for r in rows

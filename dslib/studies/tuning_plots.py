@@ -61,7 +61,7 @@ def powersgd_curves(runs: list[dict[str, Any]]):
     return fig
 
 
-def overlap_timeline(result: dict[str, Any]):
+def plot_overlap_timeline(result: dict[str, Any]):
     """Each bucket's all-reduce (start to end) against the backward pass, per bucket cap."""
     fig, axes = viz.new_figure(2)
     ax_tl, ax_step = axes[0]

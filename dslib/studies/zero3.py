@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO runs of the chapter-03 model on several ranks, measured (chapter 05).
 
 ``run_zero("zero3", nprocs=2, steps=8)`` validates configs/deepspeed/zero3.json in this process,
-then launches ``train_rank`` on every rank through dslib.dist.launch. Each rank builds the
+then launches ``train_measured_rank`` on every rank through dslib.dist.launch. Each rank builds the
 same model from the same seed, trains it with ``deepspeed.initialize`` on its slice of the same
 token batches, and measures, on the last step between backward and optimizer step, its
 model-state bytes from DeepSpeed's own tensors (dslib.parallel.zero_memory), its RSS, and what
@@ -70,7 +70,7 @@ def _largest_module_params(model: torch.nn.Module) -> int:
     return max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
 
 
-def train_rank(ds_config: dict, model: str, model_overrides: dict, shards: str, steps: int,
+def train_measured_rank(ds_config: dict, model: str, model_overrides: dict, shards: str, steps: int,
                seed: int = 0, nvme_dir: str | None = None, save_dir: str | None = None,
                save_every: int = 0, resume: bool = False, kill_at_step: int = -1,
                kill_rank: int = 1, config_name: str = "") -> ZeroResult:
@@ -134,7 +134,7 @@ def run_zero(config: str = "zero3", nprocs: int = 2, model: str = "tiny", steps:
              **checkpointing: Any) -> ZeroResult:
     """Validate the DeepSpeed config here, then train on ``nprocs`` ranks; returns rank 0's result.
 
-    ``checkpointing``: save_dir, save_every, resume, kill_at_step, kill_rank (see train_rank).
+    ``checkpointing``: save_dir, save_every, resume, kill_at_step, kill_rank (see train_measured_rank).
     """
     overrides = {"train_micro_batch_size_per_gpu": micro_batch, **(ds_overrides or {})}
     cfg = load_ds_config(config, overrides)  # a bad field fails here, before any process starts
@@ -146,7 +146,7 @@ def run_zero(config: str = "zero3", nprocs: int = 2, model: str = "tiny", steps:
                   shards=str(corpus_shards(model_cfg.vocab_size, token_source, token_docs)),
                   steps=steps, seed=seed, nvme_dir=str(nvme_dir) if nvme_dir else None,
                   config_name=config, **{k: str(v) if k == "save_dir" else v for k, v in checkpointing.items()})
-    return launch(entry="dslib.studies.zero3:train_rank", nprocs=nprocs, kwargs=kwargs, timeout=timeout)
+    return launch(entry="dslib.studies.zero3:train_measured_rank", nprocs=nprocs, kwargs=kwargs, timeout=timeout)
 
 
 def ops_needed(config: str, ds_overrides: dict | None = None) -> list[str]:

@@ -50,7 +50,7 @@ def nvme_rows(results: list[ZeroResult]) -> list[dict[str, Any]]:
             for r in results if r.offload_param == "nvme" for rank, mem in enumerate(r.memory)]
 
 
-def plot_memory(results: list[ZeroResult]):
+def plot_model_states(results: list[ZeroResult]):
     """Per run: measured model states by component (stacked), the model's prediction, and RSS."""
     fig, (ax_states, ax_rss) = _two_axes()
     rows = [summary_row(r) for r in results]

@@ -46,7 +46,7 @@ class Recorder(Protocol):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: StreamLoader, batches: int, use_memory: bool = True) -> float:
+def validation_loss(model: nn.Module, loader: StreamLoader, batches: int, use_memory: bool = True) -> float:
     """Mean loss over the first ``batches`` segments of ``loader`` (from its start), segment
     after segment with memory when ``use_memory``. The model's train/eval mode is restored;
     batches move to the model's device if the loader's lanes live elsewhere."""
@@ -172,7 +172,7 @@ class Trainer:
     def evaluate(self) -> float | None:
         if self.val_loader is None:
             return None
-        val_loss = evaluate(self.model, self.val_loader, self.cfg.eval_batches, self.cfg.use_memory)
+        val_loss = validation_loss(self.model, self.val_loader, self.cfg.eval_batches, self.cfg.use_memory)
         self.evals.append({"step": self.step, "val_loss": val_loss})
         return val_loss
 
