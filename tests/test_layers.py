@@ -131,3 +131,34 @@ def test_the_checks_find_an_upward_import_and_a_circle(synthetic_tree):
     graph = import_graph(synthetic_tree)
     assert layer_violations(graph) == ["dslib.train.trainer (layer 4) -> dslib.studies.lion (layer 10)"]
     assert ["dslib.data.a", "dslib.data.b", "dslib.data.a"] in cycles(graph)
+
+
+def test_importing_the_library_only_sets_documented_environment_defaults(tmp_path):
+    """Import every library package in a fresh interpreter: the environment changes only by the
+    defaults dslib.env.set_offline documents, nothing is patched into sys.modules, and no
+    folder is created."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from dslib.env import OFFLINE_VARS, python_path
+
+    probe = """
+import json, os, sys
+before = dict(os.environ)
+import dslib.data, dslib.model, dslib.plan, dslib.optim, dslib.dist, dslib.train, dslib.tune
+import dslib.parallel, dslib.eval, dslib.claims, dslib.jobs
+import dslib.eval.registry, dslib.dist.ops, dslib.train.step
+changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))
+print(json.dumps({"changed": changed, "none_modules": sorted(k for k, v in sys.modules.items() if v is None)}))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in OFFLINE_VARS}
+    env.update(PYTHONPATH=python_path(), DSLIB_CACHE=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    documented = set(OFFLINE_VARS) | {"OMP_WAIT_POLICY", "KINETO_LOG_LEVEL", "TORCH_EXTENSIONS_DIR",
+                                      "HF_HUB_DISABLE_PROGRESS_BARS"}
+    assert set(found["changed"]) <= documented, found["changed"]
+    assert found["none_modules"] == []
+    assert not (tmp_path / "cache").exists()
