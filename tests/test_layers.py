@@ -162,3 +162,18 @@ print(json.dumps({"changed": changed, "none_modules": sorted(k for k, v in sys.m
     assert set(found["changed"]) <= documented, found["changed"]
     assert found["none_modules"] == []
     assert not (tmp_path / "cache").exists()
+
+
+def test_every_package_curates_its_public_names():
+    """Each package says what it offers (``__all__``), and every name there exists: a name
+    the package defines or re-exports, or one of its modules."""
+    import importlib
+
+    for init in sorted(ROOT.glob("*/__init__.py")):
+        if init.parent.name == "metrics" or init.parent.parent.name == "metrics":
+            continue
+        package = importlib.import_module(f"dslib.{init.parent.name}")
+        assert hasattr(package, "__all__"), f"dslib.{init.parent.name} has no __all__"
+        for name in package.__all__:
+            if not hasattr(package, name):
+                importlib.import_module(f"dslib.{init.parent.name}.{name}")

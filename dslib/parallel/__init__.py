@@ -1,1 +1,3 @@
-"""Multi-process runs: the launcher, DeepSpeed/ZeRO, tensor/pipeline/sequence parallel."""
+"""The parallelisms, applied from outside the model: the dp x pp x tp grid, Megatron tensor and
+sequence parallel, the DeepSpeed pipeline, and ZeRO (the recipe on ranks, its memory counted)."""
+__all__ = ["grid", "pipeline", "sequence", "tensor", "zero", "zero_memory"]

@@ -1,2 +1,3 @@
-"""Memory and communication tuning (chapter 09): activation checkpointing, parameter
-sharing, PowerSGD with byte counting, all applied from outside the chapter 03 model."""
+"""Memory and communication tuning, applied from outside the model: activation checkpointing,
+ALBERT-style parameter sharing, PowerSGD with every all-reduced byte counted."""
+__all__ = ["checkpointing", "powersgd", "sharing"]
