@@ -177,3 +177,14 @@ def test_every_package_curates_its_public_names():
         for name in package.__all__:
             if not hasattr(package, name):
                 importlib.import_module(f"dslib.{init.parent.name}.{name}")
+
+
+if __name__ == "__main__":  # python tests/test_layers.py: the package-level import graph, layer by layer
+    edges: dict[str, set[str]] = {}
+    for module, imported in import_graph().items():
+        mine = package_of(module) or "dslib"
+        edges.setdefault(mine, set()).update(package_of(i) or "dslib" for i in imported if package_of(i) != mine)
+    for i, layer in enumerate(LAYERS):
+        for package in sorted(layer):
+            if package in edges:
+                print(f"layer {i:2d}  {package:10s} -> {', '.join(sorted(edges[package] - {'dslib'})) or '-'}")
