@@ -14,6 +14,7 @@ exponent and needs no scaling.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import time
 from dataclasses import dataclass, field
@@ -97,7 +98,7 @@ def make_grad_scaler(device: torch.device, precision: Precision | str, init_scal
 def cpu_precision_support(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
     """Does this CPU have native bf16/fp16 arithmetic (AVX512-BF16, AMX, AVX512-FP16)?"""
     text = cpuinfo.read_text() if cpuinfo.exists() else ""
-    flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split()) if "flags" in text else set()
+    flags = cpu_flags(cpuinfo)
     model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
     bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"})
     fp16 = sorted(flags & {"avx512_fp16", "amx_fp16"})
@@ -106,8 +107,66 @@ def cpu_precision_support(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, An
             "avx512": "avx512f" in flags}
 
 
+# CPU flags that decide how fast fp32, bf16 and fp16 matmuls can be
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
+
+
+def low_precision_slowdown(device: torch.device | str | None = None) -> dict[str, Any]:
+    """How many times slower a training step is under bf16 and fp16 autocast than in fp32 here.
+
+    Measured once per process and device (a few seconds: fwd + bwd of a 2-layer Transformer,
+    d=128, 512 tokens, best of 3 after a warm-up), returned with the CPU's flags. On a CPU
+    without bf16/fp16 units (AVX2 only) autocast is tens of times slower than fp32: a chapter
+    trains its long runs in fp32 there (``fp32_for_long_runs``) and keeps 16-bit runs short.
+    """
+    device = torch.device(device if device is not None else "cpu")
+    return _measured_slowdown(device)
+
+
+@functools.cache
+def _measured_slowdown(device: torch.device, d_model: int = 128, seq: int = 128, batch: int = 4,
+                       vocab: int = 1024, repeats: int = 3) -> dict[str, Any]:
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's RNG stays
+        torch.manual_seed(0)
+        layer = nn.TransformerEncoderLayer(d_model, 4, 4 * d_model, dropout=0.0, batch_first=True, norm_first=True)
+        model = nn.Sequential(nn.Embedding(vocab, d_model), nn.TransformerEncoder(layer, 2, enable_nested_tensor=False),
+                              nn.Linear(d_model, vocab)).to(device)
+        tokens = torch.randint(0, vocab, (batch, seq)).to(device)
+
+    def step_seconds(precision: Precision) -> float:
+        samples = []
+        for _ in range(repeats + 1):  # the first one selects kernels and fills autocast's cast cache
+            start = time.perf_counter()
+            with autocast(device, precision):
+                loss = F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            samples.append(time.perf_counter() - start)
+        return min(samples[1:])
+
+    seconds = {p: step_seconds(p) for p in Precision}
+    support, flags = cpu_precision_support(), cpu_flags()
+    bf16, fp16 = seconds[Precision.BF16] / seconds[Precision.FP32], seconds[Precision.FP16] / seconds[Precision.FP32]
+    return {"device": str(device), "cpu": support["cpu"], "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+            "native_bf16": support["native_bf16"], "native_fp16": support["native_fp16"],
+            "fp32_step_ms": 1e3 * seconds[Precision.FP32], "bf16_vs_fp32": bf16, "fp16_vs_fp32": fp16,
+            # a 16-bit long run that costs more than twice fp32's time is not worth it
+            "fp32_for_long_runs": min(bf16, fp16) > 2.0,
+            "model": f"2-layer Transformer d{d_model}, {batch}x{seq} tokens, vocab {vocab}, fwd+bwd"}
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """Every flag /proc/cpuinfo lists for this CPU (empty where there is none)."""
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    found = re.search(r"^flags\s*:(.*)$", text, re.M)
+    return set(found.group(1).split()) if found else set()
+
+
 def hardware_note(device: torch.device) -> str:
-    """Why low precision is fast or slow on this device, in one paragraph for the reader."""
+    """Why low precision is fast or slow on this device, in one paragraph for the reader,
+    with the slowdown measured here (``low_precision_slowdown``)."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         name = torch.cuda.get_device_name(device)
@@ -115,15 +174,18 @@ def hardware_note(device: torch.device) -> str:
         return (f"{name} (compute capability {major}.{minor}, {bf16} bf16): tensor cores run fp16/bf16 "
                 "matmuls at several times the fp32 rate and halve the bytes moved, so autocast speeds up "
                 "matmul-bound steps; LayerNorm/softmax/loss stay fp32 at little cost.")
-    support = cpu_precision_support()
-    if support["native_bf16"]:
-        return (f"{support['cpu']}: native bf16 ({', '.join(support['bf16_flags'])}) - oneDNN runs bf16 "
-                "matmuls on AVX512-BF16/AMX units, so bf16 autocast can match or beat fp32; every "
-                "autocast region still pays for casting weights and the fp32 ops around them.")
-    return (f"{support['cpu']}: no bf16/fp16 arithmetic instructions (no avx512_bf16/amx_bf16) - autocast "
-            "converts to bf16/fp16 and back around emulated low-precision kernels, which is far slower "
-            "than fp32 (about 30x on an AVX2-only CPU). Use a tiny model for the low-precision runs "
-            "here; on a GPU with tensor cores the same code is faster than fp32.")
+    measured = low_precision_slowdown(device)
+    times = (f"measured here: a training step takes {measured['bf16_vs_fp32']:.1f}x fp32's time under bf16 "
+             f"autocast and {measured['fp16_vs_fp32']:.1f}x under fp16 ({measured['model']})")
+    if measured["native_bf16"]:
+        support = cpu_precision_support()
+        return (f"{measured['cpu']}: native bf16 ({', '.join(support['bf16_flags'])}) - oneDNN runs bf16 "
+                "matmuls on AVX512-BF16/AMX units, so bf16 autocast can come close to or beat fp32; every "
+                f"autocast region still pays for casting weights and the fp32 ops around them; {times}.")
+    return (f"{measured['cpu']}: no bf16/fp16 arithmetic instructions (no avx512_bf16/amx_bf16; flags: "
+            f"{', '.join(measured['cpu_flags']) or 'none'}) - autocast converts to bf16/fp16 and back around "
+            f"emulated low-precision kernels, far slower than fp32; {times}. Long runs use fp32 here and "
+            "the low-precision runs stay short; on a GPU with tensor cores the same code is faster than fp32.")
 
 
 def apply_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
