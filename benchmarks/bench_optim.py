@@ -196,7 +196,7 @@ def to_markdown(result: dict) -> str:
               f"Native bf16: {slow['native_bf16']}, native fp16: {slow['native_fp16']}; "
               f"dslib.train.precision.low_precision_slowdown(): bf16 {slow['bf16_vs_fp32']:.1f}x, "
               f"fp16 {slow['fp16_vs_fp32']:.1f}x fp32's time ({slow['model']}); "
-              f"fp32 for long runs: {slow['fp32_for_long_runs']}.", "",
+              f"avoid for long runs (> 2x fp32): {', '.join(slow['avoid_for_long_runs']) or 'none'}.", "",
               "| precision | train step ms (median) | x fp32 time | model |", "|---|---:|---:|---|"]
     lines += [f"| {r['precision']} | {r['step_ms_median']:.1f} | {r['time_vs_fp32']:.2f} | {r['model']} |"
               for r in result["precision_rows"]]

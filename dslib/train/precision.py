@@ -117,7 +117,8 @@ def low_precision_slowdown(device: torch.device | str | None = None) -> dict[str
     Measured once per process and device (a few seconds: fwd + bwd of a 2-layer Transformer,
     d=128, 512 tokens, best of 3 after a warm-up), returned with the CPU's flags. On a CPU
     without bf16/fp16 units (AVX2 only) autocast is tens of times slower than fp32: a chapter
-    trains its long runs in fp32 there (``fp32_for_long_runs``) and keeps 16-bit runs short.
+    trains its long runs in fp32 where its precision is in ``avoid_for_long_runs`` (more than
+    2x fp32's time) and keeps the 16-bit runs short.
     """
     device = torch.device(device if device is not None else "cpu")
     return _measured_slowdown(device)
@@ -153,7 +154,7 @@ def _measured_slowdown(device: torch.device, d_model: int = 128, seq: int = 128,
             "native_bf16": support["native_bf16"], "native_fp16": support["native_fp16"],
             "fp32_step_ms": 1e3 * seconds[Precision.FP32], "bf16_vs_fp32": bf16, "fp16_vs_fp32": fp16,
             # a 16-bit long run that costs more than twice fp32's time is not worth it
-            "fp32_for_long_runs": min(bf16, fp16) > 2.0,
+            "avoid_for_long_runs": [p for p, ratio in (("bf16", bf16), ("fp16", fp16)) if ratio > 2.0],
             "model": f"2-layer Transformer d{d_model}, {batch}x{seq} tokens, vocab {vocab}, fwd+bwd"}
 
 
