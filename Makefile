@@ -48,8 +48,10 @@ lab: setup
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser --notebook-dir notebooks \
 	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
+# every benchmarks/bench_*.py, then one table of every ratio against its goal (benchmarks/summary.py)
 bench: setup
-	@for b in benchmarks/bench_*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/bench_*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done; \
+	$(PY) benchmarks/summary.py
 
 clean:
 	rm -rf outputs/cookbook outputs/run-* outputs/lab .pytest_cache
