@@ -73,7 +73,9 @@ def streams(name: str) -> int:
     return next(n for key, n in STREAMS.items() if key in name)
 
 
-def time_optimizer_steps(n_params: float, rounds: int, bandwidth_gbs: float, warmup: int = 3) -> dict:
+def time_optimizer_steps(n_params: float, rounds: int, warmup: int = 3) -> dict:
+    """Interleaved steps of every optimizer on shared parameters; GB/s against the bandwidth
+    measured just before and after (a shared host's bandwidth drifts by up to 2x in minutes)."""
     shapes = gpt_like_shapes(n_params)
     factories = optimizer_factories()
     if n_params > 100e6:
@@ -82,6 +84,7 @@ def time_optimizer_steps(n_params: float, rounds: int, bandwidth_gbs: float, war
     params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for s in shapes]
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+    bandwidth = [machine.stream_bandwidth()["update"]["median_gbs"]]
     setups = {}
     for name, make in factories.items():
         opt = make(params)
@@ -96,6 +99,8 @@ def time_optimizer_steps(n_params: float, rounds: int, bandwidth_gbs: float, war
             start = time.perf_counter()
             opt.step()
             times.append(time.perf_counter() - start)
+    bandwidth.append(machine.stream_bandwidth()["update"]["median_gbs"])
+    bandwidth_gbs = statistics.mean(bandwidth)
     n = sum(p.numel() for p in params)
     rows = []
     for name, (opt, times, first_step_s) in setups.items():
@@ -113,7 +118,8 @@ def time_optimizer_steps(n_params: float, rounds: int, bandwidth_gbs: float, war
         if other in by_name:
             for stat in ("median", "min"):
                 ratios[f"lion_{key}_{stat}"] = by_name[LION][f"step_ms_{stat}"] / by_name[other][f"step_ms_{stat}"]
-    return {"params": n, "tensors": len(shapes), "rounds": rounds, "rows": rows, "ratios": ratios}
+    return {"params": n, "tensors": len(shapes), "rounds": rounds, "rows": rows, "ratios": ratios,
+            "bandwidth_gbs": bandwidth_gbs, "bandwidth_before_after_gbs": bandwidth}
 
 
 def cpu_kernel_build_seconds() -> float | None:
@@ -176,14 +182,17 @@ def to_markdown(result: dict) -> str:
              "Memory bandwidth (GB/s, best / median of 7, start -> end of run): " + "; ".join(
                  f"{name} {bw['start'][name]['best_gbs']:.1f}/{bw['start'][name]['median_gbs']:.1f} -> "
                  f"{bw['end'][name]['best_gbs']:.1f}/{bw['end'][name]['median_gbs']:.1f}" for name in bw["start"])
-             + f". Reference for the optimizers: `update` (a += s*b), median {result['bandwidth_gbs']:.1f} GB/s.",
+             + ". Reference for the optimizers: `update` (a += s*b, the optimizers' pattern), the median "
+             "measured before and after each size's timing.",
              "",
              f"dslib Lion's C++ kernel: built from nothing in {result['cpu_kernel_build_s']:.1f} s "
              "(then cached in TORCH_EXTENSIONS_DIR)." if result["cpu_kernel_build_s"] is not None
              else "dslib Lion's C++ kernel did not build here: the default falls back to foreach.", ""]
     for size in result["sizes"]:
+        before, after = size["bandwidth_before_after_gbs"]
         lines += [f"## {size['params'] / 1e6:.1f}M parameters in {size['tensors']} tensors, "
                   f"{size['rounds']} interleaved rounds", "",
+                  f"Memory bandwidth (update) before / after: {before:.1f} / {after:.1f} GB/s.", "",
                   "| optimizer | step ms (median) | step ms (min) | first step s | streams | GB/s (median) "
                   "| of bandwidth | state bytes/param |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['optimizer']} | {r['step_ms_median']:.1f} | {r['step_ms_min']:.1f} | "
@@ -209,11 +218,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
     bandwidth = {"start": machine.stream_bandwidth()}
-    reference = bandwidth["start"]["update"]["median_gbs"]
-    sizes = [time_optimizer_steps(n, args.rounds, reference) for n in args.params]
+    sizes = [time_optimizer_steps(n, args.rounds) for n in args.params]
     bandwidth["end"] = machine.stream_bandwidth()
-    result = {"machine": machine.describe(), "bandwidth": bandwidth, "bandwidth_gbs": reference,
-              "bandwidth_reference": "update: a.add_(b, alpha=s), median, at the start of the run",
+    result = {"machine": machine.describe(), "bandwidth": bandwidth,
+              "bandwidth_gbs": statistics.mean(size["bandwidth_gbs"] for size in sizes),
+              "bandwidth_reference": "update: a.add_(b, alpha=s), median, before and after each size",
               "sizes": sizes, "cpu_kernel_build_s": cpu_kernel_build_seconds(),
               "low_precision_slowdown": low_precision_slowdown("cpu"),
               "precision_rows": time_training_steps(max(3, args.rounds // 3))}
