@@ -15,13 +15,15 @@ of 4 bytes; AdamW: 7), so at the memory floor it costs 5/7 of AdamW's. Four code
 compute the same update (``implementation=``):
   * "single_tensor": a plain loop, the readable reference;
   * "foreach": torch._foreach_* ops over all tensors; each op is a pass over memory
-    (~13 streams), so it runs at about a third of the floor;
-  * "compiled": one torch.compile'd kernel per tensor (5 streams; first use compiles
-    ~15 s, and each tensor pays a Python call);
+    (~13 streams in all) and the interpolation a fresh temporary: 5-10x the floor's time;
+  * "compiled": one torch.compile'd kernel per tensor (5 streams; each tensor pays a
+    Python call; first use compiles, ~15 s with a cold inductor cache);
   * "cpu_kernel": one C++ OpenMP loop over all float32 CPU tensors (5 streams, one call
-    per step); built on first use in ~1 s and cached in TORCH_EXTENSIONS_DIR.
-"auto" (the default) takes cpu_kernel for float32 CPU tensors and foreach for the rest.
-benchmarks/bench_optim.py measures them against the machine's memory bandwidth.
+    per step, at the memory bandwidth); built on first use in under 1 s (plain C++, no
+    torch headers) and cached in TORCH_EXTENSIONS_DIR like DeepSpeed's ops.
+"auto" (the default) takes cpu_kernel for float32 CPU tensors and foreach for the rest
+(CUDA, bf16, or no C++ compiler). benchmarks/bench_optim.py measures every path against
+the machine's memory bandwidth, torch's AdamW and DeepSpeed's CPU Lion.
 """
 from __future__ import annotations
 
@@ -57,9 +59,9 @@ def _compiled_kernel() -> Callable:
     return torch.compile(_lion_tensor_update, dynamic=True, fullgraph=True)
 
 
-# Rounds as torch's vectorised CPU kernels do (lerp: one fma; mul_ then add_ with alpha:
-# two roundings), so its results equal the foreach path's wherever those kernels take
-# their vector loop; their scalar tails (< 32 elements per tensor) round lerp twice.
+# Rounds as torch's CPU kernels do (lerp: one fma; mul_ then add_ with alpha: two roundings;
+# -ffp-contract=off keeps every other rounding as written), so its parameters and moments
+# equal the single_tensor and foreach paths' bit for bit (tests/test_lion.py checks it).
 _CPU_KERNEL_SOURCE = r"""
 #include <algorithm>
 #include <cmath>
@@ -95,8 +97,7 @@ extern "C" void lion_step_f32(int64_t n_tensors, float* const* p, const float* c
 #pragma omp parallel num_threads(n_threads)
     {
         const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
-        const int64_t begin = total * id / threads / 16 * 16;  // 64-byte aligned slices
-        const int64_t end = id + 1 == threads ? total : total * (id + 1) / threads / 16 * 16;
+        const int64_t begin = total * id / threads, end = total * (id + 1) / threads;
         int64_t offset = 0;  // of tensor t in the concatenation
         for (int64_t t = 0; t < n_tensors && offset < end; offset += numel[t], ++t) {
             const int64_t lo = std::max<int64_t>(begin - offset, 0), hi = std::min(end - offset, numel[t]);
