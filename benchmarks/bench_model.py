@@ -73,6 +73,7 @@ def gated_inference(config, batch_size: int, granularity: str, repeats: int = 3)
     The gate is untrained with random decisions (about half kept per layer): this
     measures what skipping saves at a given skip fraction, not what a gate learns.
     """
+    torch.manual_seed(0)  # the same random gate whichever variants ran before
     gate = config.gate.model_copy(update={"enabled": True, "granularity": granularity})
     model = TransformerXL(config.model_copy(update={"gate": gate, "memory_length": 0})).eval()
     for block in model.blocks:
