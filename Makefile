@@ -74,8 +74,10 @@ lab: setup
 ui: setup ui-setup
 	$(VENV)/bin/dslib ui
 
+# every benchmarks/bench_*.py, then one table of every ratio against its goal (benchmarks/summary.py)
 bench: setup
-	@for b in benchmarks/bench_*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/bench_*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done; \
+	$(PY) benchmarks/summary.py
 
 clean:
 	rm -rf outputs/cookbook outputs/reference outputs/run-* outputs/lab outputs/test-screenshots .pytest_cache

@@ -2,11 +2,14 @@
 
 Measures, in one run: the fp32 matmul peak (large square matmuls), then training
 steps (forward, backward, AdamW) of a config for
-  gpt          plain GPT of the same shape (SDPA, absolute positions)  [baseline]
-  txl          Transformer-XL, no memory (relative attention only)
-  txl_memory   Transformer-XL carrying memory_length cached states
+  gpt           plain GPT of the same shape (SDPA, absolute positions)  [baseline]
+  txl           Transformer-XL, no memory (relative attention only)
+  txl_memory    Transformer-XL carrying memory_length cached states
+  txl_compiled  txl with each block torch.compile'd (its first step includes the compile)
 Variants are interleaved round by round so machine load hits them alike.
 MFU = tokens/s * flops_per_token(config) / measured peak (dslib.model.flops).
+Goals (issue 22): txl >= 65% MFU and at most 1.1x gpt's step time; txl_memory does
+flops_per_token(with_memory) / gpt's = 1.31x gpt's FLOPs, so its step ratio is read per FLOP.
 Writes outputs/bench/model.json and model.md.
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python benchmarks/bench_model.py [--config small]
@@ -19,28 +22,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
+import tempfile
 import time
+import warnings
 
 import torch
 
+import machine
 from dslib.env import outputs_dir
 from dslib.model import TransformerXL, count_parameters, flops_per_token, load_config
 from dslib.model.gpt import GPT
 from dslib.plan.measure import matmul_peak
 
 
-
 class Variant:
     """One model being trained step by step, carrying its memory if it has one."""
 
     def __init__(self, name: str, model: torch.nn.Module, batch_size: int, seq_len: int,
-                 vocab: int, flops: float):
+                 vocab: int, flops: float, compiled: bool = False):
         self.name, self.model, self.flops = name, model, flops
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        if compiled:  # block by block: the loop over blocks and the memory stay eager
+            for i, block in enumerate(model.blocks):
+                model.blocks[i] = torch.compile(block)
         self.batch = torch.randint(0, vocab, (batch_size, seq_len + 1))
         self.mems = None
         self.step_times: list[float] = []
+        self.first_step_s = 0.0
 
     def step(self) -> float:
         idx, targets = self.batch[:, :-1], self.batch[:, 1:]
@@ -63,6 +73,7 @@ def gated_inference(config, batch_size: int, granularity: str, repeats: int = 3)
     The gate is untrained with random decisions (about half kept per layer): this
     measures what skipping saves at a given skip fraction, not what a gate learns.
     """
+    torch.manual_seed(0)  # the same random gate whichever variants ran before
     gate = config.gate.model_copy(update={"enabled": True, "granularity": granularity})
     model = TransformerXL(config.model_copy(update={"gate": gate, "memory_length": 0})).eval()
     for block in model.blocks:
@@ -85,10 +96,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="small")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps-per-round", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    # txl_compiled's first step is a cold compile: an empty inductor cache, not an earlier run's
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-model-inductor-")
+    # dynamo traces through the cached causal mask (functools.lru_cache) and says so once per shape
+    warnings.filterwarnings("ignore", message=".*lru_cache.*")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = load_config(args.config)
@@ -100,11 +115,14 @@ def main() -> None:
                 B, T, config.vocab_size, flops_per_token(config, with_memory=False)),
         Variant("txl_memory", TransformerXL(config), B, T, config.vocab_size,
                 flops_per_token(config, with_memory=True)),
+        Variant("txl_compiled", TransformerXL(config.model_copy(update={"memory_length": 0})),
+                B, T, config.vocab_size, flops_per_token(config, with_memory=False), compiled=True),
     ]
     load_before = os.getloadavg()[0]
     peaks = [matmul_peak()]
-    for v in variants:  # warm-up; txl_memory also fills its memory
-        v.step(), v.step()
+    for v in variants:  # warm-up (torch.compile's compile); txl_memory also fills its memory
+        v.first_step_s = v.step()
+        v.step()
     for _ in range(args.rounds):
         for v in variants:
             v.step_times += [v.step() for _ in range(args.steps_per_round)]
@@ -121,8 +139,16 @@ def main() -> None:
             "variant": v.name, "step_s": step_s, "tokens_per_s": tok_s,
             "gflop_per_token": v.flops / 1e9, "achieved_gflops": tok_s * v.flops / 1e9,
             "mfu": tok_s * v.flops / peak, "step_time_vs_gpt": step_s / base,
+            "flops_vs_gpt": v.flops / variants[0].flops, "first_step_s": v.first_step_s,
         })
+    by_name = {r["variant"]: r for r in rows}
+    # steps a run must last before compiling pays for its compile (inf: it never does)
+    compiled, eager = by_name["txl_compiled"], by_name["txl"]
+    saved_s = eager["step_s"] - compiled["step_s"]
+    compile_s = compiled["first_step_s"] - eager["first_step_s"]
+    break_even = compile_s / saved_s if saved_s > 0 else float("inf")
     result = {
+        "machine": machine.describe(), "compile_s": compile_s, "compile_break_even_steps": break_even,
         "config": config.model_dump(), "batch_size": B, "threads": args.threads,
         "parameters": count_parameters(config), "matmul_peak_gflops": peak / 1e9,
         "matmul_peaks_gflops": [p / 1e9 for p in peaks], "variants": rows,
@@ -147,16 +173,19 @@ def main() -> None:
         f"{args.rounds * args.steps_per_round} steps per variant; 1-min load average "
         f"{result['load_average_1min'][0]:.1f} -> {result['load_average_1min'][1]:.1f} on "
         f"{os.cpu_count()} CPUs; OMP_WAIT_POLICY={result['omp_wait_policy']}.",
-        "",
-        "| variant | step (s) | tokens/s | GFLOP/token | GFLOP/s | MFU | step time vs gpt |",
-        "|---|---|---|---|---|---|---|",
+        "", machine.machine_line(result["machine"]), "",
+        "| variant | step (s) | tokens/s | GFLOP/token | GFLOP/s | MFU | step time vs gpt | FLOPs vs gpt "
+        "| first step (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | "
             f"{r['gflop_per_token']:.4f} | {r['achieved_gflops']:.1f} | {r['mfu']:.1%} | "
-            f"{r['step_time_vs_gpt']:.2f}x |"
+            f"{r['step_time_vs_gpt']:.2f}x | {r['flops_vs_gpt']:.2f}x | {r['first_step_s']:.1f} |"
         )
+    lines += ["", f"torch.compile of the blocks: {compile_s:.1f} s of compile on the first step for "
+              f"{saved_s * 1e3:.0f} ms saved per step: it pays after {break_even:.0f} steps."]
     lines += [
         "",
         "Gated inference (eval forward, untrained gate with random decisions): time with the "
@@ -169,6 +198,7 @@ def main() -> None:
               f"{g['forward_s_masked']:.3f} | {g['time_ratio']:.2f} |" for g in gated]
     (out_dir / "model.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ import time
 import numpy as np
 import torch
 
+import machine
 from dslib.env import outputs_dir
 from dslib.model import TransformerXL, flops_per_token, load_config
 from dslib.plan.measure import matmul_peak
 from dslib.train import TrainConfig, Trainer
-
 
 
 class Bare:
@@ -87,8 +87,8 @@ def main() -> None:
         step_s = statistics.median(samples)
         rows.append({"variant": name, "step_s": step_s, "tokens_per_s": B * T / step_s,
                      "mfu": B * T / step_s * flops / peak, "step_time_vs_bare": step_s / base})
-    result = {"config": args.config, "batch_size": B, "seq_len": T, "threads": args.threads,
-              "matmul_peak_gflops": peak / 1e9, "steps_timed_per_variant": args.rounds * args.steps_per_round,
+    result = {"machine": machine.describe(), "config": args.config, "batch_size": B, "seq_len": T,
+              "threads": args.threads, "matmul_peak_gflops": peak / 1e9, "steps_timed_per_variant": args.rounds * args.steps_per_round,
               "variants": rows}
     out_dir = outputs_dir() / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,6 +96,7 @@ def main() -> None:
     lines = [f"# Trainer loop overhead: `{args.config}` config, batch {B} x {T}, {args.threads} threads", "",
              f"fp32 matmul peak measured in this run: {peak / 1e9:.1f} GFLOP/s; median of "
              f"{args.rounds * args.steps_per_round} interleaved steps per variant.", "",
+             machine.machine_line(result["machine"]), "",
              "| variant | step (s) | tokens/s | MFU | step time vs bare |", "|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | {r['mfu']:.1%} | "
               f"{r['step_time_vs_bare']:.3f}x |" for r in rows]

@@ -1,10 +1,12 @@
-"""Lion against a per-element reference; its three code paths; DeepSpeed's CPU Lion op."""
+"""Lion against a per-element reference; its four code paths; DeepSpeed's CPU Lion op."""
+import copy
 import math
 
 import pytest
 import torch
 
 from dslib.optim import ArticleSignAdam, Lion, state_bytes_per_param
+from dslib.optim.lion import IMPLEMENTATIONS
 
 SHAPES = [(3, 4), (5,), (2, 3, 2)]
 
@@ -49,11 +51,11 @@ def run_optimizer(make_opt, grad_steps, seed: int = 1):
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.5])
-@pytest.mark.parametrize("foreach", [True, False])
-def test_lion_matches_per_element_reference(weight_decay, foreach):
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_lion_matches_per_element_reference(weight_decay, implementation):
     lr, betas, steps = 0.01, (0.9, 0.99), grad_sequence(6)
     initial, final, _ = run_optimizer(
-        lambda ps: Lion(ps, lr=lr, betas=betas, weight_decay=weight_decay, foreach=foreach), steps)
+        lambda ps: Lion(ps, lr=lr, betas=betas, weight_decay=weight_decay, implementation=implementation), steps)
     expected = reference_lion(initial, steps, lr, *betas, weight_decay)
     for got, want in zip(final, expected):
         torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-6)
@@ -66,31 +68,143 @@ def test_zero_gradient_from_start_moves_only_by_weight_decay():
         torch.testing.assert_close(p, p0 * (1 - 0.1 * 0.5) ** 3)
 
 
+def final_states(implementation, shapes, steps=6, betas=(0.9, 0.99), weight_decay=0.1, seed=3):
+    """Parameters and moments after ``steps`` random-gradient steps (same draws for every path)."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    opt = Lion(params, lr=1e-2, betas=betas, weight_decay=weight_decay, implementation=implementation)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+    return [p.detach() for p in params], [opt.state[p]["exp_avg"] for p in params]
+
+
+# lengths around the vector widths (8, 16) and a large tensor the threads split between them
+KERNEL_SHAPES = [(37, 5), (1,), (15,), (16,), (17,), (33,), (129, 7), (4096, 65)]
+
+
+@pytest.mark.parametrize("implementation", ["foreach", "cpu_kernel", "auto"])
+@pytest.mark.parametrize("betas", [(0.9, 0.99), (0.3, 0.6)])  # lerp weight below and above 0.5
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_foreach_and_single_tensor_paths_agree_exactly(weight_decay):
-    steps = grad_sequence(5, seed=3)
-    _, a, opt_a = run_optimizer(lambda ps: Lion(ps, lr=1e-3, weight_decay=weight_decay, foreach=True), steps)
-    _, b, opt_b = run_optimizer(lambda ps: Lion(ps, lr=1e-3, weight_decay=weight_decay, foreach=False), steps)
-    for x, y in zip(a, b):
-        assert torch.equal(x, y)
+def test_paths_are_bit_identical_to_single_tensor(implementation, betas, weight_decay):
+    """foreach calls the same ATen kernels; the C++ kernel rounds as torch's vectorised lerp,
+    mul and add do (one fma per lerp), so every parameter and moment is equal, bit for bit."""
+    want = final_states("single_tensor", KERNEL_SHAPES, betas=betas, weight_decay=weight_decay)
+    got = final_states(implementation, KERNEL_SHAPES, betas=betas, weight_decay=weight_decay)
+    for w, g in zip(want[0] + want[1], got[0] + got[1]):
+        assert torch.equal(w, g)
 
 
-def test_fused_path_agrees_with_foreach():
-    """The torch.compile'd kernel (compiles once, a few seconds with inductor's cache)."""
+@pytest.mark.parametrize("threads", [1, 3])
+def test_cpu_kernel_splits_work_between_any_number_of_threads(threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = final_states("cpu_kernel", KERNEL_SHAPES)
+    finally:
+        torch.set_num_threads(before)
+    want = final_states("single_tensor", KERNEL_SHAPES)
+    for w, g in zip(want[0] + want[1], got[0] + got[1]):
+        assert torch.equal(w, g)
+
+
+def test_compiled_path_agrees_with_foreach():
+    """The torch.compile'd kernel (compiles once, a few seconds with inductor's cache); inductor
+    rounds lerp its own way, so moments differ in the last bits."""
     steps = grad_sequence(4, seed=5)
-    _, a, _ = run_optimizer(lambda ps: Lion(ps, lr=1e-3, weight_decay=0.1, fused=True), steps)
-    _, b, _ = run_optimizer(lambda ps: Lion(ps, lr=1e-3, weight_decay=0.1), steps)
+    _, a, _ = run_optimizer(lambda ps: Lion(ps, lr=1e-3, weight_decay=0.1, implementation="compiled"), steps)
+    _, b, _ = run_optimizer(lambda ps: Lion(ps, lr=1e-3, weight_decay=0.1, implementation="foreach"), steps)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
 
 
-def test_parameters_without_gradient_are_untouched():
+def test_cpu_kernel_hands_what_it_cannot_take_to_foreach():
+    """bf16, float64 and non-contiguous parameters in a cpu_kernel group step like the reference."""
+    def make():
+        gen = torch.Generator().manual_seed(0)
+        return [torch.nn.Parameter(torch.randn(40, generator=gen).to(torch.bfloat16)),
+                torch.nn.Parameter(torch.randn(6, 8, generator=gen).t()),  # non-contiguous
+                torch.nn.Parameter(torch.randn(9, generator=gen, dtype=torch.float64)),
+                torch.nn.Parameter(torch.randn(50, generator=gen))]
+    results = {}
+    for implementation in ("single_tensor", "cpu_kernel"):
+        params = make()
+        opt = Lion(params, lr=1e-2, weight_decay=0.1, implementation=implementation)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+            opt.step()
+        results[implementation] = [p.detach() for p in params]
+    for want, got in zip(results["single_tensor"], results["cpu_kernel"]):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_param_groups_keep_their_own_lr_and_weight_decay(implementation):
+    steps = grad_sequence(4, seed=9)
+    gen = torch.Generator().manual_seed(2)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in SHAPES]
+    initial = [p.detach().clone() for p in params]
+    opt = Lion([{"params": params[:2], "lr": 0.02, "weight_decay": 0.0},
+                {"params": params[2:], "lr": 0.005, "weight_decay": 0.5}], implementation=implementation)
+    for grads in steps:
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+    first = reference_lion(initial[:2], [g[:2] for g in steps], 0.02, 0.9, 0.99, 0.0)
+    second = reference_lion(initial[2:], [g[2:] for g in steps], 0.005, 0.9, 0.99, 0.5)
+    for got, want in zip(params, first + second):
+        torch.testing.assert_close(got.detach().double(), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("saved_by, loaded_by", [("cpu_kernel", "foreach"), ("foreach", "cpu_kernel"),
+                                                 ("cpu_kernel", "cpu_kernel")])
+def test_state_dict_resumes_exactly(saved_by, loaded_by):
+    """3 steps, save, a new optimizer loads the state and takes 3 more: the same as 6 in one go."""
+    steps = grad_sequence(6, seed=13)
+    _, uninterrupted, _ = run_optimizer(lambda ps: Lion(ps, lr=1e-2, weight_decay=0.1), steps)
+    gen = torch.Generator().manual_seed(1)  # run_optimizer's initial parameters
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in SHAPES]
+    opt = Lion(params, lr=1e-2, weight_decay=0.1, implementation=saved_by)
+    for i, grads in enumerate(steps):
+        if i == 3:
+            saved = copy.deepcopy(opt.state_dict())
+            opt = Lion(params, lr=1e-2, weight_decay=0.1, implementation=loaded_by)
+            opt.load_state_dict(saved)
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+    for got, want in zip(params, uninterrupted):
+        assert torch.equal(got.detach(), want)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_parameters_without_gradient_are_untouched(implementation):
     used, unused = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
-    opt = Lion([used, unused], lr=0.1, weight_decay=0.1)
+    opt = Lion([used, unused], lr=0.1, weight_decay=0.1, implementation=implementation)
     used.grad = torch.ones(3)
     opt.step()
     assert torch.equal(unused.detach(), torch.ones(3)) and unused not in opt.state
     assert torch.allclose(used.detach(), torch.full((3,), 0.99 - 0.1))
+
+
+def test_cpu_kernel_step_invalidates_graphs_that_saved_the_parameter():
+    """The kernel writes through raw pointers; it bumps version counters as torch's in-place ops
+    do, so a backward through a graph that saved the old parameter fails instead of being wrong."""
+    p = torch.nn.Parameter(torch.randn(64))
+    opt = Lion([p], lr=1e-2, implementation="cpu_kernel")
+    p.grad = torch.randn(64)
+    loss = (p * p).sum()  # saves p for its backward
+    opt.step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_unknown_implementation_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="implementation.*'fast'"):
+        Lion([torch.nn.Parameter(torch.ones(2))], implementation="fast")
 
 
 def test_article_variant_matches_its_formula_and_is_not_lion():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dslib.configs import ConfigError
+from dslib.model import attention
 from dslib.model import (
     RelativeAttention, TransformerXL, count_parameters, flops_per_token, load_config,
     matmul_parameters, rel_shift, sinusoidal_embedding,
@@ -55,6 +56,52 @@ def test_attention_with_query_positions_matches_full_attention():
     pos = torch.tensor([[0, 2, 5], [4, 1, 3]])
     subset = attn(context[:, M:].gather(1, pos[..., None].expand(-1, -1, 16)), context, pos_emb, pos + M)
     torch.testing.assert_close(subset, full.gather(1, pos[..., None].expand(-1, -1, 16)))
+
+
+def direct_relative_attention(attn, x, context, pos_emb):
+    """Transformer-XL's attention written out per query and key, straight from the formula:
+    score(i, j) = (q_i + u) . k_j + (q_i + v) . W_r R[distance i + M - j], keys j <= i + M."""
+    B, T, _ = x.shape
+    S, H, dh = context.size(1), attn.num_heads, attn.head_dim
+    M = S - T
+    q = attn.q_proj(x).view(B, T, H, dh)
+    k, v = attn.k_proj(context).view(B, S, H, dh), attn.v_proj(context).view(B, S, H, dh)
+    r = attn.r_proj(pos_emb).view(S, H, dh)  # row c: distance S-1-c
+    rows = []
+    for i in range(T):
+        visible = i + M + 1
+        content = ((q[:, i, None] + attn.pos_bias_u) * k[:, :visible]).sum(-1)  # [B, visible, H]
+        position = ((q[:, i, None] + attn.pos_bias_v) * r[S - 1 - (i + M - torch.arange(visible))]).sum(-1)
+        probs = ((content + position) / math.sqrt(dh)).softmax(dim=1)
+        rows.append((probs[..., None] * v[:, :visible]).sum(1))  # [B, H, dh]
+    return attn.o_proj(torch.stack(rows, 1).reshape(B, T, H * dh))
+
+
+@pytest.mark.parametrize("query_block", [128, 3, 2])  # 7 queries: 1, 2 or 4 causal blocks
+@pytest.mark.parametrize("M", [0, 5])
+def test_attention_matches_the_formula_forward_and_backward(M, query_block, monkeypatch):
+    """The batched layout (heads first, one matmul per head for the position term), causal
+    query blocks on prefixes of the keys, the relative shift as a view and the in-place sums
+    give the formula's outputs and gradients."""
+    monkeypatch.setattr(attention, "QUERY_BLOCK", query_block)
+    attn = RelativeAttention(24, 3)
+    with torch.no_grad():  # non-zero biases: zeros would hide a wrong u/v
+        attn.pos_bias_u.normal_()
+        attn.pos_bias_v.normal_()
+    T = 7
+    context = torch.randn(2, M + T, 24, dtype=torch.float64, requires_grad=True)
+    pos_emb = sinusoidal_embedding(M + T, 24, dtype=torch.float64)
+    attn.double()
+    grad_out = torch.randn(2, T, 24, dtype=torch.float64)
+    results = []
+    for fn in (attn, lambda *a: direct_relative_attention(attn, *a)):
+        attn.zero_grad()
+        context.grad = None
+        out = fn(context[:, M:], context, pos_emb)
+        out.backward(grad_out)
+        results.append([out.detach(), context.grad.clone()] + [p.grad.clone() for p in attn.parameters()])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_causal_mask_future_token_does_not_change_earlier_logits():

@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from dslib.studies.mixed_precision import gradient_underflow, memory_split, module_output_dtypes, train_run
-from dslib.train.precision import INIT_SCALE, Precision, autocast, make_grad_scaler
+from dslib.studies.mixed_precision import (gradient_underflow, hardware_note, memory_split, module_output_dtypes,
+                                          train_run)
+from dslib.train.precision import (INIT_SCALE, Precision, autocast, cpu_flags, cpu_precision_support,
+                                   low_precision_slowdown, make_grad_scaler)
 from dslib.train.step import OptimizerStepper, batch_loss, train_step
 
 CPU = torch.device("cpu")
@@ -98,3 +100,31 @@ def test_memory_split_counts_model_states():
     assert split["by_category"]["OPTIMIZER_STATE"] >= 2 * param_bytes
     assert split["activation_bytes"] > 0
     assert split["peak_bytes"] == split["model_state_bytes"] + split["activation_bytes"]
+
+
+def test_low_precision_slowdown_is_measured_once_and_leaves_the_callers_rng_alone():
+    rng_before = torch.get_rng_state()
+    measured = low_precision_slowdown(CPU)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # it seeds its own model and tokens
+    assert low_precision_slowdown("cpu") is measured  # cached per process and device
+    assert measured["fp32_step_ms"] > 0 and measured["bf16_vs_fp32"] > 0 and measured["fp16_vs_fp32"] > 0
+    assert measured["avoid_for_long_runs"] == [p for p in ("bf16", "fp16") if measured[f"{p}_vs_fp32"] > 2.0]
+    assert set(measured["cpu_flags"]) <= cpu_flags()
+    assert measured["native_bf16"] == cpu_precision_support()["native_bf16"]
+
+
+def test_hardware_note_quotes_the_measured_slowdown():
+    measured = low_precision_slowdown(CPU)
+    note = hardware_note(CPU)
+    assert f"{measured['bf16_vs_fp32']:.1f}x" in note and f"{measured['fp16_vs_fp32']:.1f}x" in note
+    assert "about 30x" not in note
+
+
+def test_cpu_flags_read_from_a_cpuinfo_file(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 fma avx512f avx512_bf16\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "avx2", "fma", "avx512f", "avx512_bf16"}
+    support = cpu_precision_support(cpuinfo)
+    assert support["cpu"] == "Test CPU" and support["native_bf16"] and not support["native_fp16"]
+    assert cpu_flags(tmp_path / "missing") == set()
+

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from dslib.env import synchronize
-from dslib.train.precision import INIT_SCALE, Precision, autocast, cpu_precision_support, make_grad_scaler
+from dslib.train.precision import (INIT_SCALE, Precision, autocast, cpu_precision_support, low_precision_slowdown,
+                                   make_grad_scaler)
 from dslib.train.step import Batch, OptimizerStepper, batch_loss, train_step
 
 # torch.profiler memory categories, grouped into the two halves of the 40% question
@@ -26,7 +27,8 @@ MODEL_STATE_CATEGORIES = ("PARAMETER", "GRADIENT", "OPTIMIZER_STATE")
 
 
 def hardware_note(device: torch.device) -> str:
-    """Why low precision is fast or slow on this device, in one paragraph for the reader."""
+    """Why low precision is fast or slow on this device, in one paragraph for the reader,
+    with the slowdown measured here (``low_precision_slowdown``)."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         name = torch.cuda.get_device_name(device)
@@ -34,15 +36,18 @@ def hardware_note(device: torch.device) -> str:
         return (f"{name} (compute capability {major}.{minor}, {bf16} bf16): tensor cores run fp16/bf16 "
                 "matmuls at several times the fp32 rate and halve the bytes moved, so autocast speeds up "
                 "matmul-bound steps; LayerNorm/softmax/loss stay fp32 at little cost.")
-    support = cpu_precision_support()
-    if support["native_bf16"]:
-        return (f"{support['cpu']}: native bf16 ({', '.join(support['bf16_flags'])}) - oneDNN runs bf16 "
-                "matmuls on AVX512-BF16/AMX units, so bf16 autocast can match or beat fp32; every "
-                "autocast region still pays for casting weights and the fp32 ops around them.")
-    return (f"{support['cpu']}: no bf16/fp16 arithmetic instructions (no avx512_bf16/amx_bf16) - autocast "
-            "converts to bf16/fp16 and back around emulated low-precision kernels, which is far slower "
-            "than fp32 (the step-time table below measures how much on this machine). Use a tiny model "
-            "for the low-precision runs here; on a GPU with tensor cores the same code is faster than fp32.")
+    measured = low_precision_slowdown(device)
+    times = (f"measured here: a training step takes {measured['bf16_vs_fp32']:.1f}x fp32's time under bf16 "
+             f"autocast and {measured['fp16_vs_fp32']:.1f}x under fp16 ({measured['model']})")
+    if measured["native_bf16"]:
+        support = cpu_precision_support()
+        return (f"{measured['cpu']}: native bf16 ({', '.join(support['bf16_flags'])}) - oneDNN runs bf16 "
+                "matmuls on AVX512-BF16/AMX units, so bf16 autocast can come close to or beat fp32; every "
+                f"autocast region still pays for casting weights and the fp32 ops around them; {times}.")
+    return (f"{measured['cpu']}: no bf16/fp16 arithmetic instructions (no avx512_bf16/amx_bf16; flags: "
+            f"{', '.join(measured['cpu_flags']) or 'none'}) - autocast converts to bf16/fp16 and back around "
+            f"emulated low-precision kernels, far slower than fp32; {times}. Long runs use fp32 here and "
+            "the low-precision runs stay short; on a GPU with tensor cores the same code is faster than fp32.")
 
 
 def module_output_dtypes(model: nn.Module, batch: Batch, device: torch.device,
