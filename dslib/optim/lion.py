@@ -138,6 +138,14 @@ def _cpu_kernel() -> Callable | None:
     return kernel
 
 
+
+def closure_loss(closure: Callable[[], Tensor] | None) -> Tensor | None:
+    """The loss a step's closure re-evaluates (with gradients enabled), or None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
 class Lion(Optimizer):
     """Lion optimizer (Chen et al. 2023); ``implementation`` picks the code path (module doc).
 
@@ -181,10 +189,7 @@ class Lion(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params, grads, exp_avgs = self._collect(group)
             if not params:
@@ -283,10 +288,7 @@ class ArticleSignAdam(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
