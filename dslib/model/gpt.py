@@ -57,7 +57,7 @@ class GPT(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.head.weight = self.embed.weight
-        self.apply(TransformerXL._init_weights)
+        self.apply(TransformerXL.init_weights)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
         x = self.embed(idx) + self.pos_embed(torch.arange(idx.size(1), device=idx.device))

@@ -126,7 +126,7 @@ class TransformerXL(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # weight tying
-        self.apply(self._init_weights)
+        self.apply(self.init_weights)
         for block in self.blocks:
             self.init_residual(block, config.num_layers)
 
@@ -140,7 +140,8 @@ class TransformerXL(nn.Module):
             block.gate.reset_keep_bias()
 
     @staticmethod
-    def _init_weights(module: nn.Module) -> None:
+    def init_weights(module: nn.Module) -> None:
+        """GPT-2 initialisation of one module (normal 0.02, zero biases): also for stages and baselines."""
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:

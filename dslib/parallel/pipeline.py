@@ -57,7 +57,7 @@ class EmbeddingPipe(nn.Embedding):
     def __init__(self, config: ModelConfig, seed: int):
         with _seeded(seed, 0):
             super().__init__(config.vocab_size, config.hidden_size)
-            TransformerXL._init_weights(self)
+            TransformerXL.init_weights(self)
         self.dropout = config.dropout
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,7 @@ class BlockPipe(nn.Module):
         self.config = config
         with _seeded(seed, index + 1):
             self.block = Block(config)
-            self.block.apply(TransformerXL._init_weights)
+            self.block.apply(TransformerXL.init_weights)
             TransformerXL.init_residual(self.block, config.num_layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
