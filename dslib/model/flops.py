@@ -43,8 +43,9 @@ def flops_breakdown(
       attention  = 6 * L * S * d * n_score_matmuls    (content q.k, position (q+v).r,
                                                        probs.v: 3 matmuls; absolute
                                                        attention has 2)
-    Scores are counted for the full T x S rectangle, as computed (the causal half is
-    masked, not skipped), which is the PaLM/MFU convention (12*L*T*d for a GPT).
+    Scores are counted for the full T x S rectangle, the PaLM/MFU convention (12*L*T*d for a
+    GPT), although the attention skips part of the causal upper half (blocks of queries over
+    prefixes of the keys): MFU stays comparable with other models' figures.
     """
     L, d, T = config.num_layers, config.hidden_size, config.seq_len
     M = config.memory_length if with_memory else 0
