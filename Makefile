@@ -29,9 +29,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip check || exit 1; \
 	touch $(STAMP); echo "==> setup done in $$((SECONDS - start)) s"
 
-# DeepSpeed's C++ ops (cpu_adam, cpu_lion, async_io), compiled once into .cache/torch_extensions
+# DeepSpeed's C++ ops (cpu_adam, cpu_lion, pin_memory, async_io), built once per user and machine
+# into ~/.cache/dslib/deepspeed-ops (DSLIB_OPS_CACHE): a second checkout reuses them
 ops: setup
-	@start=$$SECONDS; echo "==> DeepSpeed ops (compiled once per checkout)"; \
+	@start=$$SECONDS; echo "==> DeepSpeed ops (built once per user and machine, cached by what they depend on)"; \
 	$(PY) -m dslib.dist.ops build || echo "note: an op did not build; the runs that need it are skipped"; \
 	echo "==> ops ready in $$((SECONDS - start)) s"
 
