@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from selenium.webdriver.support.ui import WebDriverWait
 from browser import chromium, screenshot_dir  # noqa: F401 (fixture)
 from conftest import write_notebook
 
@@ -127,6 +128,9 @@ def test_every_page_opens_in_chromium_with_no_broken_image_or_link(which, reques
     assert len(pages) >= 3
     for page in pages:
         chromium.get(page.as_uri())
+        # a loaded machine can return from get() before every image has decoded: wait for each to settle
+        WebDriverWait(chromium, 60).until(lambda d: d.execute_script(
+            "return [...document.images].every(i => i.complete)"))
         state = chromium.execute_script("""
             return {images: [...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0]),
                     links: [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href')),
@@ -165,3 +169,13 @@ def test_reference_build_is_current():
            - datetime.fromisoformat(_git("show", "-s", "--format=%cI", commit)))
     assert lag <= REFERENCE_MARGIN, (f"docs/book is from {commit[:10]}, {lag} of commits older than the last change "
                                      f"to {', '.join(PRODUCES_THE_BOOK)} ({last[:10]}): run `make book-reference`")
+
+
+def test_notebook_links_to_repository_files_become_site_links():
+    """Notebooks link relative to notebooks/; on the site the errata and chapters are pages and any
+    other repository file is linked where it lies (a link that resolved to nothing was broken)."""
+    site = REPO_ROOT / "docs" / "book"
+    assert book.site_href("../docs/errata.md", site) == "errata.html"
+    assert book.site_href("05_zero3.ipynb#memory", site) == "05_zero3.html#memory"
+    assert (site / book.site_href("../README.md", site)).resolve() == (REPO_ROOT / "README.md").resolve()
+    assert book.site_href("https://arxiv.org/abs/1901.02860", site) == "https://arxiv.org/abs/1901.02860"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -107,7 +108,7 @@ def build_site(book_dir: str | Path | None = None, out_dir: str | Path | None = 
     files = ["index.html", "claims.html", "lab.css", "book.css", STAMP_FILE] + (["errata.html"] if errata else [])
     (out_dir / "book.css").write_text(BOOK_CSS)
     (out_dir / "lab.css").write_text(_lab_css())
-    exporter = _exporter()
+    exporter = _exporter(out_dir)
     for i, chapter in enumerate(found):
         prev_ch, next_ch = found[i - 1] if i else None, found[i + 1] if i + 1 < len(found) else None
         files += _write_chapter(exporter, chapter, out_dir, _bar(links, prev_ch, next_ch))
@@ -154,7 +155,7 @@ def _write_chapter(exporter: Any, chapter: Chapter, out_dir: Path, bar: str) -> 
     return written
 
 
-def _exporter() -> Any:
+def _exporter(site_dir: Path) -> Any:
     from jinja2 import pass_context
     from nbconvert import HTMLExporter
     from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
@@ -173,6 +174,9 @@ def _exporter() -> Any:
         def latex_environment(self, name: str, body: str) -> str:
             return _mathml(f"\\begin{{{name}}}{body}\\end{{{name}}}", "block")
 
+        def link(self, text: str, url: str, title: str | None = None) -> str:
+            return super().link(text, site_href(url, site_dir), title)
+
     class BookExporter(HTMLExporter):
         @pass_context
         def markdown2html(self, context: Any, source: str) -> str:
@@ -187,6 +191,23 @@ def _exporter() -> Any:
                             extra_template_paths=[str(Path(__file__).parent)])
     exporter.register_preprocessor(ExtractOutputPreprocessor(config=config), enabled=True)
     return exporter
+
+
+def site_href(url: str, site_dir: Path) -> str:
+    """A notebook's link as the site in ``site_dir`` needs it: notebooks link to repository files
+    relative to notebooks/ (``../docs/errata.md``, ``05_zero3.ipynb``); the errata and the chapters
+    are pages of the site, any other file is linked where it lies in the repository."""
+    if not url or "://" in url or url.startswith(("#", "mailto:")):
+        return url
+    path, _, anchor = url.partition("#")
+    target = (REPO_ROOT / "notebooks" / path).resolve()
+    if target == ERRATA.resolve():
+        page = "errata.html"
+    elif target.suffix == ".ipynb" and target.parent == (REPO_ROOT / "notebooks").resolve():
+        page = target.with_suffix(".html").name
+    else:
+        page = os.path.relpath(target, Path(site_dir).resolve())
+    return page + (f"#{anchor}" if anchor else "")
 
 
 def _mathml(tex: str, display: str) -> str:
