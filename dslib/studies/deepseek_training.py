@@ -183,7 +183,7 @@ def speculative_stats(model: DeepSeekModel, corpus: Corpus, prompts: int, prompt
     and the wall-time speed-up over greedy decoding (both cached and absorbed, timed side by side)."""
     starts = np.linspace(0, len(corpus.val) - prompt_len - 1, prompts).astype(int)
     device = next(model.parameters()).device
-    batch = [torch.as_tensor(corpus.val[s:s + prompt_len], dtype=torch.long, device=device)[None] for s in starts]
+    batch = [torch.tensor(corpus.val[s:s + prompt_len], dtype=torch.long, device=device)[None] for s in starts]
     results = [speculative_decode(model, p, new_tokens) for p in batch]
     same = [bool(torch.equal(r.tokens, greedy_decode(model, p, new_tokens))) for r, p in zip(results, batch)]
     seconds = interleaved_seconds({"greedy": lambda: [greedy_decode(model, p, new_tokens) for p in batch],
