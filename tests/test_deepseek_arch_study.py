@@ -114,3 +114,30 @@ def test_evidence_rows_come_from_the_seed_means():
     assert row["value"]["loss_advantage"] == pytest.approx(0.1)
     assert row["value"]["maxvio_excess"] == pytest.approx(-0.1)
     assert row["seeds"] == 3 and row["conditions"] == {"alpha": 0.01, "gamma": 0.001}
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny):
+    rng = np.random.default_rng(0)
+    return study.Corpus(rng.integers(0, tiny.vocab_size, 20000), rng.integers(0, tiny.vocab_size, 4000),
+                        tiny.vocab_size)
+
+
+def test_mtp_study_gives_the_no_mtp_arm_the_mtp_runs_flops(tiny, corpus):
+    rows, curves, models = study.mtp_study(tiny, corpus, seeds=[0], steps=4, batch_size=2, lr=1e-3, val_batches=1)
+    by = {r["arm"]: r for r in rows}
+    assert by["mtp"]["steps"] == by["no_mtp_equal_steps"]["steps"] == 4
+    assert by["no_mtp_equal_flops"]["steps"] > 4
+    per_step = by["no_mtp_equal_flops"]["train_flops"] / by["no_mtp_equal_flops"]["steps"]
+    assert abs(by["no_mtp_equal_flops"]["train_flops"] - by["mtp"]["train_flops"]) <= per_step / 2
+    assert by["mtp"]["total_params"] > by["no_mtp_equal_steps"]["total_params"]  # the MTP module counts
+    assert set(models) == {0} and {c["arm"] for c in curves} == set(by)
+
+
+def test_speculative_stats_reproduce_greedy_tokens(tiny, corpus):
+    torch.manual_seed(0)
+    stats = study.speculative_stats(DeepSeekModel(tiny), corpus, prompts=2, prompt_len=8, new_tokens=6, rounds=1)
+    assert stats["same_tokens_as_greedy"] == 1.0
+    assert 0.0 <= stats["acceptance_rate"] <= 1.0 and stats["drafted"] > 0
+    assert 0.0 < stats["distinct_new_tokens"] <= 1.0
+    assert 0.5 <= stats["main_forwards_per_token"] <= 1.0

@@ -179,7 +179,8 @@ def measure_peak_memory(model: nn.Module, corpus: Corpus, batch_size: int, seq_l
 def speculative_stats(model: DeepSeekModel, corpus: Corpus, prompts: int, prompt_len: int, new_tokens: int,
                       rounds: int = 2) -> dict[str, Any]:
     """Self-speculative decoding with the MTP draft over `prompts` validation prompts: the
-    acceptance rate, whether the tokens equal greedy decoding's, main-model forwards per token,
+    acceptance rate, whether the tokens equal greedy decoding's, the share of distinct tokens
+    among the new ones (a looping continuation makes drafting easy), main-model forwards per token,
     and the wall-time speed-up over greedy decoding (both cached and absorbed, timed side by side)."""
     starts = np.linspace(0, len(corpus.val) - prompt_len - 1, prompts).astype(int)
     device = next(model.parameters()).device
@@ -190,7 +191,10 @@ def speculative_stats(model: DeepSeekModel, corpus: Corpus, prompts: int, prompt
                                    "speculative": lambda: [speculative_decode(model, p, new_tokens) for p in batch]},
                                   rounds, 1)
     drafted, accepted = sum(r.drafted for r in results), sum(r.accepted for r in results)
+    # share of distinct tokens among the new ones: low when greedy decoding loops on a few tokens
+    distinct = np.mean([r.tokens[0, prompt_len:].unique().numel() / new_tokens for r in results])
     return {"acceptance_rate": accepted / max(drafted, 1), "drafted": drafted, "same_tokens_as_greedy": np.mean(same),
+            "distinct_new_tokens": float(distinct),
             "main_forwards_per_token": sum(r.main_forwards for r in results) / (prompts * new_tokens),
             "greedy_s": seconds["greedy"], "speculative_s": seconds["speculative"],
             "speedup": seconds["greedy"] / seconds["speculative"]}
