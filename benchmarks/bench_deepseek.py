@@ -23,19 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from dslib.env import outputs_dir
-from dslib.model import (AttentionConfig, DeepSeekModel, KVCache, MoEConfig, MultiHeadLatentAttention,
-                         RotaryAttention, SwiGLU, count_deepseek_parameters, deepseek_flops_per_token,
-                         dense_equivalent, load_deepseek_config)
+from dslib.model import (AttentionConfig, DeepSeekModel, MoEConfig, SwiGLU, count_deepseek_parameters,
+                         deepseek_flops_per_token, dense_equivalent, load_deepseek_config)
 from dslib.model.moe import DeepSeekMoE
-from dslib.plan.measure import matmul_peak
+from dslib.plan.measure import interleaved_seconds, matmul_peak
+from dslib.studies.deepseek_arch import decode_seconds
 
 MOE_SHAPES = {  # name: (hidden, MoE settings); deepseek_small trains on 2048 tokens per step (8 x 256)
     "small": (256, dict(n_routed_experts=16, n_shared_experts=1, top_k=2, moe_intermediate_size=128)),
@@ -49,20 +47,6 @@ ATTENTION_SHAPES = {  # name: (hidden, MLA settings, MHA head_dim)
     "v3_heads": (2048, dict(num_heads=16, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
                             qk_rope_head_dim=64, v_head_dim=128), 128),  # V3's per-head shape, 16 heads
 }
-
-
-def interleaved(fns: dict[str, Callable[[], None]], rounds: int, per_round: int) -> dict[str, float]:
-    """Median seconds per call of each fn, timed round by round (warm-up call first)."""
-    times = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for _ in range(per_round):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def mask_dispatch(layer: DeepSeekMoE, x: torch.Tensor) -> torch.Tensor:
@@ -117,40 +101,18 @@ def bench_moe(token_counts: list[int], rounds: int, per_round: int) -> list[dict
             fns = {"dense": lambda: dense(x).backward(grad)}
             fns.update({f"moe_{k}": moe_step(k) for k in ("grouped_mm", "loop", "mask")})
             fns["experts_only"] = experts_only(layer, x, grad)
-            seconds = interleaved(fns, rounds, per_round)
+            seconds = interleaved_seconds(fns, rounds, per_round)
             for variant, s in seconds.items():
                 rows.append({"shape": name, "hidden": d, **settings, "tokens": tokens, "variant": variant,
                              "fwd_bwd_ms": 1e3 * s, "vs_dense": s / seconds["dense"]})
     return rows
 
 
-@torch.no_grad()
 def bench_decode(contexts: list[int], batch_size: int, rounds: int, per_round: int) -> list[dict]:
     rows = []
     for name, (d, settings, head_dim) in ATTENTION_SHAPES.items():
         config = AttentionConfig(**settings, head_dim=head_dim)
-        mla, mha = MultiHeadLatentAttention(d, config).eval(), RotaryAttention(d, config).eval()
-        x = torch.randn(batch_size, 1, d)
-        for S in contexts:
-            caches = {}
-            for label, module in (("mla", mla), ("mha", mha)):
-                caches[label] = KVCache(batch_size, S + 1, module.cache_width, torch.float32, torch.device("cpu"))
-                caches[label].append(torch.randn(batch_size, S, module.cache_width))
-
-            def one_token(module, cache, absorb=False):
-                def run():
-                    module.absorb = absorb
-                    module(x, torch.tensor([S]), cache)
-                    cache.truncate(S)  # the context stays S tokens
-                return run
-            seconds = interleaved({"mha": one_token(mha, caches["mha"]),
-                                   "mla_naive": one_token(mla, caches["mla"], absorb=False),
-                                   "mla_absorbed": one_token(mla, caches["mla"], absorb=True)}, rounds, per_round)
-            for variant, s in seconds.items():
-                cache = caches["mha" if variant == "mha" else "mla"]
-                rows.append({"shape": name, "context": S, "batch_size": batch_size, "variant": variant,
-                             "ms_per_token": 1e3 * s, "vs_mha": s / seconds["mha"],
-                             "cache_bytes_per_token_layer": cache.bytes_per_token()})
+        rows += [{"shape": name, **r} for r in decode_seconds(d, config, contexts, batch_size, rounds, per_round)]
     return rows
 
 
@@ -175,7 +137,7 @@ def bench_mfu(config_name: str, batch_size: int, rounds: int, per_round: int, pe
                 "deepseek_no_mtp": TrainVariant(config.model_copy(update={"mtp": config.mtp.model_copy(
                     update={"depth": 0})}), batch_size),
                 "deepseek": TrainVariant(config, batch_size)}
-    seconds = interleaved({k: v.step for k, v in variants.items()}, rounds, per_round)
+    seconds = interleaved_seconds({k: v.step for k, v in variants.items()}, rounds, per_round)
     rows = []
     for name, v in variants.items():
         tok_s = batch_size * config.seq_len / seconds[name]
