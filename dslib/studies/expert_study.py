@@ -1,0 +1,166 @@
+"""Chapter 13's expert-parallel runs: equality with one process, the all-to-all bytes,
+node-limited routing's traffic against its loss and balance, and DeepSpeed's MoE layer.
+
+`*_rank` functions are launch entries (they run inside each rank); the plain functions launch
+them through dslib.dist.launch and return plain dicts for the notebook. Every rank builds the
+same seeded model and the same global batches, runs the one-process reference on the whole
+batch in-rank, and its expert-parallel copy on its own rows: the diffs compare like with like.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from dslib.data.synthetic import markov_tokens
+from dslib.dist.launch import launch
+from dslib.env import device
+from dslib.model.deepseek import DeepSeekModel
+from dslib.model.deepseek_config import load_deepseek_config
+from dslib.model.moe import Router
+from dslib.parallel import expert
+from dslib.train.step import OptimizerStepper, train_step
+
+EXPERT_WEIGHTS = ("experts.gate_up", "experts.down")
+
+
+def global_batches(vocab_size: int, seq_len: int, rows: int, steps: int, seed: int) -> list[tuple]:
+    """`steps` batches of `rows` windows of a Markov stream: (idx, targets), each [rows, seq_len]."""
+    stream = torch.from_numpy(markov_tokens(vocab_size, steps * rows * (seq_len + 1) + 1, seed=seed).astype(np.int64))
+    windows = stream[: steps * rows * (seq_len + 1)].view(steps, rows, seq_len + 1).to(device())
+    return [(w[:, :-1].contiguous(), w[:, 1:].contiguous()) for w in windows]
+
+
+def capture_routing(model: torch.nn.Module) -> tuple[list[torch.Tensor], list]:
+    """Forward hooks appending every router call's chosen experts [N, k] (in call order)."""
+    calls: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: calls.append(out.experts.detach()))
+               for m in model.modules() if isinstance(m, Router)]
+    return calls, handles
+
+
+def expected_a2a_bytes(calls: list[torch.Tensor], ep_ranks: list[int], me: int, n_local: int,
+                       world: int, hidden: int, element_size: int) -> dict[str, int]:
+    """From the one-process routing of the global batch (token rows split over the world in
+    order), the bytes this rank sends in each direction by the formula: what its tokens send
+    to other ranks' experts (dispatch forward, combine backward) and what other ranks' tokens
+    send to its experts (combine forward, dispatch backward)."""
+    out, incoming = 0, 0
+    mine = ep_ranks.index(me)
+    for experts in calls:
+        per_rank = experts.size(0) // world
+        for j, rank in enumerate(ep_ranks):
+            rows = experts[rank * per_rank:(rank + 1) * per_rank]
+            owners = rows // n_local
+            if rank == me:
+                out += expert.dispatch_bytes_formula(per_rank, rows.size(1), hidden, element_size,
+                                                     int((owners == mine).sum()))
+            else:
+                incoming += int((owners == mine).sum()) * hidden * element_size
+    return {"dispatch(forward)": out, "combine(backward)": out,
+            "combine(forward)": incoming, "dispatch(backward)": incoming}
+
+
+def _global_mean(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / dist.get_world_size()
+
+
+def _grad_diffs(reference: torch.nn.Module, net: torch.nn.Module, ep_rank: int, n_local: int) -> dict:
+    ref = dict(reference.named_parameters())
+    worst, compared, grad_max = 0.0, 0, 0.0
+    for name, p in net.named_parameters():
+        r = ref[name].grad
+        if name.endswith(EXPERT_WEIGHTS):
+            r = r[ep_rank * n_local:(ep_rank + 1) * n_local]
+        worst = max(worst, (p.grad - r).abs().max().item())
+        grad_max = max(grad_max, r.abs().max().item())
+        compared += 1
+    return {"max_abs_diff_grads": worst, "grad_max": grad_max, "grads_compared": compared}
+
+
+def _param_diff(reference: torch.nn.Module, net: torch.nn.Module, ep_rank: int, n_local: int) -> float:
+    ref = dict(reference.named_parameters())
+    worst = 0.0
+    for name, p in net.named_parameters():
+        r = ref[name].detach()
+        if name.endswith(EXPERT_WEIGHTS):
+            r = r[ep_rank * n_local:(ep_rank + 1) * n_local]
+        worst = max(worst, (p.detach() - r).abs().max().item())
+    return worst
+
+
+def ep_equality_rank(ep: int, steps: int = 20, batch_size: int = 2, seed: int = 0, lr: float = 3e-3,
+                     overrides: dict | None = None, fail_rank: int | None = None) -> dict[str, Any]:
+    """dp x ep on all ranks (dp = world / ep) against one process on the global batch: logits,
+    loss and every gradient after one forward/backward (and the all-to-all bytes against the
+    formula), then the losses of `steps` AdamW steps with bias balancing, and the final weights."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    groups = expert.expert_groups(ep)
+    ep_ranks, ep_rank = dist.get_process_group_ranks(groups.ep_group), dist.get_rank(groups.ep_group)
+    torch.manual_seed(seed)
+    config = load_deepseek_config("deepseek_tiny", **(overrides or {}))
+    initial = DeepSeekModel(config).to(device())
+    n_local = config.moe.n_routed_experts // ep
+    batches = global_batches(config.vocab_size, config.seq_len, batch_size * world, steps + 1, seed)
+    mine = slice(rank * batch_size, (rank + 1) * batch_size)
+    local = [(idx[mine], targets[mine]) for idx, targets in batches]
+
+    reference, net = copy.deepcopy(initial), expert.parallelize_experts(copy.deepcopy(initial), groups.ep_group)
+    if rank == fail_rank:  # a rank that dies while its peers wait in the counts all-to-all
+        raise RuntimeError(f"expert-parallel rank {rank} failed on purpose")
+    calls, handles = capture_routing(reference)
+    ref_out = reference(*batches[0][:1], targets=batches[0][1])
+    (ref_out.loss + ref_out.aux_loss).backward()
+    for h in handles:
+        h.remove()
+    expert.reset_a2a()
+    out = net(local[0][0], targets=local[0][1])
+    (out.loss + out.aux_loss).backward()
+    expert.all_reduce_gradients(net, groups)
+    measured = dict(expert.A2A_BYTES)
+    result = {"rank": rank, "ep_group": ep_ranks,
+              "max_abs_diff_logits": (out.logits - ref_out.logits[mine]).abs().max().item(),
+              "loss_diff": (_global_mean(out.loss) - ref_out.loss).abs().item(),
+              "aux_loss_diff": (_global_mean(out.aux_loss) - ref_out.aux_loss).abs().item(),
+              **_grad_diffs(reference, net, ep_rank, n_local),
+              "a2a_bytes": measured, "a2a_calls": dict(expert.A2A_CALLS),
+              "a2a_bytes_formula": expected_a2a_bytes(calls, ep_ranks, rank, n_local, world,
+                                                      config.hidden_size, initial.embed.weight.element_size())}
+
+    reference, net = copy.deepcopy(initial), expert.parallelize_experts(copy.deepcopy(initial), groups.ep_group)
+    ref_stepper = OptimizerStepper(torch.optim.AdamW(reference.parameters(), lr=lr))
+    ep_stepper = expert.ExpertParallelStepper(net, torch.optim.AdamW(net.parameters(), lr=lr), groups)
+    ref_losses, ep_losses = [], []
+    for global_batch, own in zip(batches[1:], local[1:]):
+        ref_losses.append(train_step(reference, global_batch, ref_stepper).loss.item())
+        ep_losses.append(_global_mean(train_step(net, own, ep_stepper).loss).item())
+    ref_bias = torch.cat([m.bias for m in reference.modules() if isinstance(m, Router)])
+    ep_bias = torch.cat([m.bias for m in net.modules() if isinstance(m, Router)])
+    result.update(ref_losses=ref_losses, ep_losses=ep_losses,
+                  max_abs_diff_losses=max(abs(a - b) for a, b in zip(ref_losses, ep_losses)),
+                  max_abs_diff_params_after=_param_diff(reference, net, ep_rank, n_local),
+                  max_abs_diff_router_bias=(ref_bias - ep_bias).abs().max().item(),
+                  router_bias_moved=ref_bias.abs().max().item())
+    everyone = [None] * world
+    dist.all_gather_object(everyone, result)
+    return {"world": world, "ep": ep, "dp": world // ep, "ranks": everyone,
+            **{key: max(r[key] for r in everyone) for key in result if key.startswith("max_abs_diff")},
+            "loss_diff": max(r["loss_diff"] for r in everyone), "ref_losses": ref_losses, "ep_losses": ep_losses}
+
+
+def ep_equality(nprocs: int = 2, ep: int | None = None, steps: int = 20, batch_size: int = 2,
+                overrides: dict | None = None, fail_rank: int | None = None, timeout: float = 300) -> dict[str, Any]:
+    """Launch `ep_equality_rank` on `nprocs` gloo/nccl ranks (ep defaults to all of them)."""
+    ep = ep or nprocs
+    config = load_deepseek_config("deepseek_tiny", **(overrides or {}))
+    if nprocs % ep or config.moe.n_routed_experts % ep:  # refused before any rank starts
+        raise ValueError(f"ep={ep} must divide nprocs={nprocs} and n_routed_experts={config.moe.n_routed_experts}")
+    return launch("dslib.studies.expert_study:ep_equality_rank", nprocs,
+                  dict(ep=ep, steps=steps, batch_size=batch_size, overrides=overrides, fail_rank=fail_rank),
+                  timeout=timeout)
