@@ -164,3 +164,58 @@ def ep_equality(nprocs: int = 2, ep: int | None = None, steps: int = 20, batch_s
     return launch("dslib.studies.expert_study:ep_equality_rank", nprocs,
                   dict(ep=ep, steps=steps, batch_size=batch_size, overrides=overrides, fail_rank=fail_rank),
                   timeout=timeout)
+
+
+# ---- node-limited routing -----------------------------------------------------------------
+
+def cross_node_traffic(experts: torch.Tensor, n_nodes: int, n_experts: int) -> dict[str, int]:
+    """One router call's chosen experts [N, k], tokens split over `n_nodes` nodes in row order and
+    the experts' groups one per node: assignments leaving their token's node (what a per-assignment
+    all-to-all sends across nodes) and (token, remote node) pairs (what V3's dispatch sends across
+    nodes: one copy per node, fanned out to its experts inside the node)."""
+    n = experts.size(0)
+    token_node = (torch.arange(n, device=experts.device) * n_nodes // n)[:, None]
+    expert_node = experts // (n_experts // n_nodes)
+    reached = torch.zeros(n, n_nodes, dtype=torch.bool, device=experts.device).scatter_(1, expert_node, True)
+    reached.scatter_(1, token_node, False)
+    return {"tokens": n, "remote_assignments": int((expert_node != token_node).sum()),
+            "remote_nodes": int(reached.sum())}
+
+
+def node_limited_routing(topk_groups: tuple[int, ...] = (4, 2, 1), steps: int = 40, batch_size: int = 8,
+                         n_experts: int = 16, n_group: int = 4, top_k: int = 4, lr: float = 3e-3,
+                         seed: int = 0) -> list[dict[str, Any]]:
+    """Train the tiny model (one process) with routing limited to topk_group of n_group expert
+    groups (a group = the experts of one node), for each topk_group; the largest is unrestricted.
+    Per run: cross-node bytes per token and MoE layer over the whole run (fp32 rows of d), the loss
+    (mean of the last quarter of the steps) and MaxVio (the same steps), against the unrestricted run."""
+    rows = []
+    for topk_group in topk_groups:
+        torch.manual_seed(seed)
+        config = load_deepseek_config("deepseek_tiny", moe={"n_routed_experts": n_experts, "n_group": n_group,
+                                                            "topk_group": topk_group, "top_k": top_k})
+        model = DeepSeekModel(config).to(device())
+        stepper = OptimizerStepper(torch.optim.AdamW(model.parameters(), lr=lr))
+        calls, handles = capture_routing(model)
+        losses, maxvio = [], []
+        for batch in global_batches(config.vocab_size, config.seq_len, batch_size, steps, seed):
+            result = train_step(model, batch, stepper)
+            losses.append(result.loss.item())
+            maxvio.append(result.out.stats["moe_maxvio"].item())
+        for h in handles:
+            h.remove()
+        traffic = [cross_node_traffic(c, n_group, n_experts) for c in calls]
+        tokens = sum(t["tokens"] for t in traffic)
+        row_bytes = config.hidden_size * model.embed.weight.element_size()
+        tail = max(1, steps // 4)
+        rows.append({"topk_group": topk_group, "n_group": n_group, "top_k": top_k,
+                     "per_assignment_cross_node_bytes_per_token": sum(t["remote_assignments"] for t in traffic)
+                     * row_bytes / tokens,
+                     "per_node_cross_node_bytes_per_token": sum(t["remote_nodes"] for t in traffic) * row_bytes / tokens,
+                     "loss": float(np.mean(losses[-tail:])), "maxvio": float(np.mean(maxvio[-tail:])),
+                     "losses": losses})
+    base = max(rows, key=lambda r: r["topk_group"])
+    for r in rows:
+        r["per_node_bytes_saved"] = 1 - r["per_node_cross_node_bytes_per_token"] / base["per_node_cross_node_bytes_per_token"]
+        r["loss_gap_vs_unrestricted"] = r["loss"] - base["loss"]
+    return rows
