@@ -219,3 +219,85 @@ def node_limited_routing(topk_groups: tuple[int, ...] = (4, 2, 1), steps: int = 
         r["per_node_bytes_saved"] = 1 - r["per_node_cross_node_bytes_per_token"] / base["per_node_cross_node_bytes_per_token"]
         r["loss_gap_vs_unrestricted"] = r["loss"] - base["loss"]
     return rows
+
+
+# ---- DeepSpeed's MoE layer beside this one ------------------------------------------------
+
+# read in deepspeed/moe/{layer,sharded_moe,experts}.py of 0.19.8
+DEEPSPEED_MOE_LACKS = ("sigmoid routing (the gates are softmax, top-1/top-2/top-k), bias (aux-loss-free) "
+                       "balancing (only its l_aux loss), shared experts (use_residual mixes ONE dense MLP "
+                       "by a learned coefficient), group/node-limited routing, dropless dispatch (a capacity "
+                       "C per expert: tokens over it are dropped, slots under it are padded and still sent); "
+                       "fine-grained experts run, each a module called in a loop")
+
+
+def _fwd_bwd_seconds(layer: torch.nn.Module, x: torch.Tensor, steps: int) -> float:
+    """Mean seconds of one forward + backward of `layer` on x, after one warm-up."""
+    def once() -> None:
+        out = layer(x)
+        (out[0] if isinstance(out, tuple) else out).float().square().mean().backward()
+    once()
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(steps):
+        once()
+    dist.barrier()
+    return (time.perf_counter() - start) / steps
+
+
+def deepspeed_moe_rank(n_experts: int = 8, top_k: int = 2, hidden: int = 64, expert_hidden: int = 32,
+                       tokens: int = 256, capacity_factor: float = 1.25, steps: int = 5) -> dict[str, Any]:
+    """deepspeed.moe.layer.MoE with ep = world on this process group, beside DeepSeekMoE with
+    expert parallel on the same ranks, same E, k, d and tokens: runs or the exact error, seconds
+    per forward+backward, all-to-all bytes this rank sends per direction, and tokens dropped."""
+    from dslib.dist.ops import skip_shm_comm
+    from dslib.model.deepseek_config import MoEConfig
+    from dslib.model.moe import DeepSeekMoE, SwiGLU
+
+    ep, rank = dist.get_world_size(), dist.get_rank()
+    torch.manual_seed(seed := 0)
+    x = torch.randn(tokens * ep, hidden, device=device())[rank * tokens:(rank + 1) * tokens][None]
+    groups = expert.expert_groups(ep)
+    config = MoEConfig(n_routed_experts=n_experts, n_shared_experts=0, top_k=top_k, moe_intermediate_size=expert_hidden,
+                       score_func="softmax", norm_topk_prob=False)
+    ours = DeepSeekMoE(hidden, config).to(device())
+    for p in ours.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    ours.experts = expert.ExpertParallelExperts(ours.experts, groups.ep_group)
+    expert.reset_a2a()
+    row = {"layer": "dslib ExpertParallelExperts", "ep": ep, "runs": True, "error": "",
+           "seconds_per_fwd_bwd": _fwd_bwd_seconds(ours, x, steps), "dropped_share": 0.0}
+    row["a2a_bytes_sent_per_direction"] = expert.A2A_BYTES["dispatch(forward)"] / (steps + 1)
+    rows = [row]
+    ds_row = {"layer": "deepspeed.moe.layer.MoE", "ep": ep, "runs": False, "error": "",
+              "seconds_per_fwd_bwd": None, "dropped_share": None, "a2a_bytes_sent_per_direction": None}
+    try:
+        import deepspeed
+        from deepspeed.moe.layer import MoE
+
+        skip_shm_comm()
+        deepspeed.init_distributed(dist_backend=dist.get_backend(), verbose=False)
+        torch.manual_seed(seed)
+        layer = MoE(hidden, SwiGLU(hidden, expert_hidden), num_experts=n_experts, ep_size=ep, k=top_k,
+                    capacity_factor=capacity_factor, drop_tokens=True, use_rts=False,
+                    top2_2nd_expert_sampling=False).to(device())
+        layer.set_deepspeed_parallelism()
+        capacity: list[int] = []  # the experts' input after the first all-to-all: [ep, E/ep, C, d]
+        layer.deepspeed_moe.experts.register_forward_hook(lambda _m, i, _o: capacity.append(i[0].size(-2)))
+        seconds = _fwd_bwd_seconds(layer, x, steps)
+        _, _, counts = layer(x)
+        kept = counts.clamp(max=capacity[-1]).sum().item()
+        ds_row.update(runs=True, seconds_per_fwd_bwd=seconds, dropped_share=1 - kept / (tokens * top_k),
+                      a2a_bytes_sent_per_direction=n_experts * capacity[-1] * hidden * x.element_size() * (ep - 1) / ep)
+    except Exception as error:  # recorded, not hidden: the row says it failed and why
+        ds_row["error"] = f"{type(error).__name__}: {error}"
+    rows.append(ds_row)
+    for r in rows:
+        r["lacks"] = DEEPSPEED_MOE_LACKS if r["layer"].startswith("deepspeed") else ""
+    return rows
+
+
+def deepspeed_moe_comparison(nprocs: int = 2, tokens: int = 256, steps: int = 5, timeout: float = 300) -> list[dict]:
+    """Rows of `deepspeed_moe_rank` launched on `nprocs` ranks (rank 0's view)."""
+    return launch("dslib.studies.expert_study:deepspeed_moe_rank", nprocs, dict(tokens=tokens, steps=steps),
+                  timeout=timeout)
