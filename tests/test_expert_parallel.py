@@ -11,11 +11,12 @@ after 20 steps by ~1e-6 (Adam turns round-off into parameter changes of ~lr x 1e
 from __future__ import annotations
 
 import pytest
+import torch
 
 from dslib.dist.launch import LaunchError
 from dslib.model.deepseek import DeepSeekModel
 from dslib.model.deepseek_config import load_deepseek_config
-from dslib.studies.expert_study import ep_equality
+from dslib.studies.expert_study import cross_node_traffic, ep_equality
 
 STEPS = 20
 LAYOUTS = {"ep2": (2, 2), "ep4": (4, 4), "dp2xep2": (4, 2)}  # name: (ranks, ep)
@@ -64,3 +65,11 @@ def test_a_failing_rank_gives_the_launchers_error_without_hanging():
 def test_ep_not_dividing_the_experts_is_refused_before_any_rank_starts(no_rank_may_start):
     with pytest.raises(ValueError, match="ep=3 must divide"):
         ep_equality(nprocs=3)
+
+
+def test_cross_node_traffic_counts_assignments_and_nodes_by_hand():
+    # 4 tokens on 2 nodes (tokens 0-1 on node 0), 4 experts (0-1 on node 0), top-2
+    experts = torch.tensor([[0, 1], [2, 3], [0, 2], [2, 3]])
+    traffic = cross_node_traffic(experts, n_nodes=2, n_experts=4)
+    # remote assignments: token1 2, token2 1 (expert 0), token0 0, token3 0 -> 3; remote nodes: 1 + 1
+    assert traffic == {"tokens": 4, "remote_assignments": 3, "remote_nodes": 2}

@@ -24,6 +24,7 @@ from dslib.model.deepseek_config import load_deepseek_config
 from dslib.model.moe import Router
 from dslib.parallel import expert
 from dslib.train.step import OptimizerStepper, train_step
+from dslib.viz import new_figure
 
 EXPERT_WEIGHTS = ("experts.gate_up", "experts.down")
 
@@ -212,8 +213,7 @@ def node_limited_routing(topk_groups: tuple[int, ...] = (4, 2, 1), steps: int = 
                      "per_assignment_cross_node_bytes_per_token": sum(t["remote_assignments"] for t in traffic)
                      * row_bytes / tokens,
                      "per_node_cross_node_bytes_per_token": sum(t["remote_nodes"] for t in traffic) * row_bytes / tokens,
-                     "loss": float(np.mean(losses[-tail:])), "maxvio": float(np.mean(maxvio[-tail:])),
-                     "losses": losses})
+                     "loss": float(np.mean(losses[-tail:])), "maxvio": float(np.mean(maxvio[-tail:]))})
     base = max(rows, key=lambda r: r["topk_group"])
     for r in rows:
         r["per_node_bytes_saved"] = 1 - r["per_node_cross_node_bytes_per_token"] / base["per_node_cross_node_bytes_per_token"]
@@ -301,3 +301,53 @@ def deepspeed_moe_comparison(nprocs: int = 2, tokens: int = 256, steps: int = 5,
     """Rows of `deepspeed_moe_rank` launched on `nprocs` ranks (rank 0's view)."""
     return launch("dslib.studies.expert_study:deepspeed_moe_rank", nprocs, dict(tokens=tokens, steps=steps),
                   timeout=timeout)
+
+
+# ---- what the notebook shows -------------------------------------------------------------
+
+def ep_equality_runs(layouts: list[list[int]], steps: int = 20) -> list[dict[str, Any]]:
+    """`ep_equality` for each [ranks, ep] layout, e.g. [[2, 2], [4, 4], [4, 2]] (the last dp2 x ep2)."""
+    return [ep_equality(nprocs=nprocs, ep=ep, steps=steps) for nprocs, ep in layouts]
+
+
+def equality_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """The worst of every diff over the layouts, and all ranks' all-to-all bytes, measured and formula."""
+    table = equality_table(runs)
+    return {key: max(row[key] for row in table) if key.startswith(("max", "loss")) else sum(row[key] for row in table)
+            for key in table[0] if key not in ("layout", "ranks")}
+
+
+def equality_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per layout of `ep_equality`: max diffs against one process, bytes vs formula."""
+    return [{"layout": f"dp{r['dp']} x ep{r['ep']}", "ranks": r["world"],
+             **{k: r[k] for k in r if k.startswith("max_abs_diff")}, "loss_diff": r["loss_diff"],
+             "a2a_bytes_measured": sum(sum(x["a2a_bytes"].values()) for x in r["ranks"]),
+             "a2a_bytes_formula": sum(sum(x["a2a_bytes_formula"].values()) for x in r["ranks"])} for r in runs]
+
+
+def traffic_figure(run: dict[str, Any], node_rows: list[dict[str, Any]]):
+    """Left: all-to-all bytes each rank sent in one step, by direction, measured and by the formula.
+    Right: cross-node bytes per token and MoE layer against topk_group, per assignment and per node."""
+    fig, axes = new_figure(ncols=2, width=5.5, height=3.6)
+    left, right = axes[0]
+    names = list(run["ranks"][0]["a2a_bytes"])
+    for i, rank in enumerate(run["ranks"]):
+        xs = np.arange(len(names)) + i / (len(run["ranks"]) + 1)
+        left.bar(xs, [rank["a2a_bytes"][n] / 1024 for n in names], width=0.8 / (len(run["ranks"]) + 1),
+                 label=f"rank {rank['rank']} measured")
+        left.scatter(xs, [rank["a2a_bytes_formula"][n] / 1024 for n in names], color="k", marker="_", s=200,
+                     label="formula" if i == 0 else None)
+    left.set_xticks(np.arange(len(names)) + 0.25, names, rotation=20, fontsize=7)
+    left.set_ylabel("KiB sent to other ranks")
+    left.set_title(f"dp{run['dp']} x ep{run['ep']}: one step, all MoE layers", fontsize=9)
+    left.legend(fontsize=7)
+    groups = [r["topk_group"] for r in node_rows]
+    right.plot(groups, [r["per_assignment_cross_node_bytes_per_token"] for r in node_rows], "o-",
+               label="per assignment (this all_to_all)")
+    right.plot(groups, [r["per_node_cross_node_bytes_per_token"] for r in node_rows], "s-",
+               label="one copy per node (V3 dispatch)")
+    right.set_xlabel(f"topk_group (nodes a token may reach, of {node_rows[0]['n_group']})")
+    right.set_ylabel("cross-node bytes / token / layer")
+    right.set_xticks(groups)
+    right.legend(fontsize=7)
+    return fig
