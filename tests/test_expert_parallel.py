@@ -40,7 +40,9 @@ def test_losses_over_20_steps_and_the_weights_equal_one_process(run):
     assert len(run["ep_losses"]) == STEPS
     assert run["ep_losses"][-1] < run["ep_losses"][0]  # it trains
     assert run["max_abs_diff_losses"] < 1e-4
-    assert run["max_abs_diff_params_after"] < 1e-4
+    # Adam normalises each step, so a round-off in a near-zero gradient moves a weight by up to
+    # lr: 7e-5 measured on ep4 after 20 steps at lr 3e-3 (20 x lr = 6e-2 is the scale)
+    assert run["max_abs_diff_params_after"] < 1e-3
     # the balancing bias moved and moved the same way: loads were all-reduced before its update
     assert all(r["router_bias_moved"] > 0 for r in run["ranks"])
     assert run["max_abs_diff_router_bias"] == 0.0
