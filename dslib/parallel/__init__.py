@@ -1,3 +1,3 @@
-"""The parallelisms, applied from outside the model: the dp x pp x tp grid, Megatron tensor and
+"""The parallelisms, applied from outside the model: the dp x pp x tp grid, expert parallel, Megatron tensor and
 sequence parallel, the DeepSpeed pipeline, and ZeRO (the recipe on ranks, its memory counted)."""
-__all__ = ["grid", "pipeline", "sequence", "tensor", "zero", "zero_memory"]
+__all__ = ["expert", "grid", "pipeline", "sequence", "tensor", "zero", "zero_memory"]
