@@ -214,3 +214,32 @@ def apply_fp8(model: nn.Module, recipe: FP8Recipe, excluded: dict[str, str] = FP
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, FP8Linear.from_linear(module, recipe))
     return decisions
+
+
+def scaled_mm_support(device: torch.device | str = "cpu", m: int = 32, k: int = 256, n: int = 256) -> list[dict[str, str]]:
+    """Which scale layouts torch._scaled_mm / F.scaled_mm accept on ``device``: one row per
+    layout with "ok" or the error's first line (what this module's GEMM can rely on)."""
+    device = torch.device(device)
+    a = torch.randn(m, k, device=device).to(E4M3)
+    b = torch.randn(n, k, device=device).to(E4M3).t()  # column-major, as CUDA requires
+    ones = lambda *shape: torch.ones(*shape, device=device)  # noqa: E731
+    kind = F.ScalingType
+    layouts = {
+        "tensor-wise (singletons)": lambda: torch._scaled_mm(a, b, scale_a=ones(()), scale_b=ones(()),
+                                                             out_dtype=torch.float32),
+        "row-wise (a [M,1], b [1,N])": lambda: torch._scaled_mm(a, b, scale_a=ones(m, 1), scale_b=ones(1, n),
+                                                                out_dtype=torch.float32),
+        "block-wise 1x128 x 128x128 (_scaled_mm)": lambda: torch._scaled_mm(
+            a, b, scale_a=ones(m, k // TILE), scale_b=ones(k // TILE, n // TILE), out_dtype=torch.float32),
+        "block-wise 1x128 x 128x128 (F.scaled_mm)": lambda: F.scaled_mm(
+            a, b, ones(m, k // TILE), kind.BlockWise1x128, ones(n // TILE, k // TILE), kind.BlockWise128x128,
+            output_dtype=torch.float32),
+    }
+    rows = []
+    for name, call in layouts.items():
+        try:
+            call()
+            rows.append({"scales": name, "device": str(device), "result": "ok"})
+        except (RuntimeError, ValueError, NotImplementedError) as error:
+            rows.append({"scales": name, "device": str(device), "result": " ".join(str(error).split())[:200]})
+    return rows
