@@ -39,7 +39,7 @@ def plot_memory_stacks(ax: Any, rows: list[dict[str, Any]], device_memory_gb: fl
     ax.axvline(device_memory_gb, color="black", linestyle="--", label=f"H800 {device_memory_gb:g} GB")
     ax.invert_yaxis()
     ax.set(xlabel="GB per GPU", title="DeepSeek-V3 memory per GPU, by layout")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper right", fontsize="small")
 
 
 def flops_rows(config: DeepSeekConfig) -> list[dict[str, Any]]:
