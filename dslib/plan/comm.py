@@ -37,6 +37,8 @@ LINKS: dict[str, Link] = {link.name: link for link in [
     Link("InfiniBand HDR 200G", 22e9, 5e-6, "one 200 Gb/s NIC per GPU (25 GB/s nominal)"),
     Link("Ethernet 100G RoCE", 11e9, 10e-6, "100 Gb/s (12.5 GB/s nominal), RDMA"),
     Link("Ethernet 10G TCP", 1.1e9, 50e-6, "10 Gb/s (1.25 GB/s nominal), kernel TCP"),
+    Link("NVLink (H800)", 160e9, 3e-6, "400 GB/s bidirectional nominal (H800's cut NVLink); "
+         "160 GB/s achievable as the DeepSeek-V3 report states (sec. 3.2.2)"),
 ]}
 
 COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather")

@@ -10,6 +10,10 @@ PEAK_FLOPS: dict[str, float] = {
     "A100 bf16": 312e12,
     "H100 SXM bf16": 989e12,
     "H200 bf16": 989e12,
+    # H800 SXM: H100 SXM's compute (its NVLink and FP64 cut); H100 SXM datasheet 1,979 / 3,958
+    # TFLOPS bf16 / fp8 "with sparsity", half without: 989.4 / 1978.9 (1,830 MHz tensor clock)
+    "H800 bf16": 989.4e12,
+    "H800 fp8": 1978.9e12,
 }
 
 
