@@ -175,3 +175,22 @@ def dualpipe_evidence(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                       "kind": "modelled", "note": "V3 Table 2 with measured chunk times"}]
     return evidence
 
+
+
+def record_gantts(job_run: Any, result: dict[str, Any]) -> None:
+    """job_run.figure for every schedule that ran, at the largest micro-batch count."""
+    m = max(r.micro_batches for r in result["runs"])
+    for run in result["runs"]:
+        if run.error is None and run.micro_batches == m:
+            job_run.figure(plot_gantt(run), f"gantt_{run.schedule}")
+
+
+def record_evidence(job_run: Any, result: dict[str, Any]) -> None:
+    """job_run.evidence rows for dualpipe_bubble_below_1f1b."""
+    for row in dualpipe_evidence(result["schedules"]):
+        job_run.evidence("dualpipe_bubble_below_1f1b", **row)
+
+
+def loss_max_diff(rows: list[dict[str, Any]]) -> float:
+    """Largest |loss - one process's loss| over every schedule that ran."""
+    return max((r["loss_max_diff"] for r in rows if r["error"] is None), default=float("nan"))
