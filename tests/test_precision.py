@@ -128,3 +128,20 @@ def test_cpu_flags_read_from_a_cpuinfo_file(tmp_path):
     assert support["cpu"] == "Test CPU" and support["native_bf16"] and not support["native_fp16"]
     assert cpu_flags(tmp_path / "missing") == set()
 
+
+
+def test_format_bits_are_the_ieee_layouts_and_fp16_limits_classify_gradients():
+    from dslib.studies.precision_plots import below_fp16, format_bits
+
+    layouts = {name: (f["sign"], f["exponent"], f["mantissa"]) for name, f in
+               (("fp32", format_bits(torch.float32)), ("bf16", format_bits(torch.bfloat16)),
+                ("fp16", format_bits(torch.float16)))}
+    assert layouts == {"fp32": (1, 8, 23), "bf16": (1, 8, 7), "fp16": (1, 5, 10)}
+    assert format_bits(torch.float16)["smallest_subnormal"] == 2.0 ** -24
+    magnitudes = torch.tensor([1e-9, 1e-6, 1e-3, 1e5])  # flushed, subnormal, normal, overflow
+    assert below_fp16(magnitudes) == {"below_subnormal_min": 0.25, "subnormal": 0.25, "above_max": 0.25}
+    # the article's scale lifts 1e-6 and 1e-3 into normals, and 1e-9 only into the subnormals (3.3e-5)
+    scaled = below_fp16(magnitudes[:3], 2.0 ** 15)
+    assert scaled == {"below_subnormal_min": 0.0, "subnormal": 1 / 3, "above_max": 0.0}
+    # what fp16 itself does with them
+    assert torch.tensor(1e-9).half() == 0 and torch.tensor(1e-6).half() != 0

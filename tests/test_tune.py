@@ -3,7 +3,12 @@ PowerSGD's counted bytes follow (n + m) * r per compressed matrix."""
 import torch
 
 from dslib.model import TransformerXL, count_parameters, load_config
-from dslib.tune.checkpointing import apply_checkpointing, modelled_activation_bytes, remove_checkpointing
+import pytest
+
+from dslib.model.attention import RelativeAttention
+from dslib.tune.checkpointing import (apply_checkpointing, apply_chunked_checkpointing, apply_recompute,
+                                      apply_selective_recompute, modelled_activation_bytes,
+                                      modelled_recompute_overhead, remove_checkpointing)
 from dslib.tune.sharing import share_mlp, shared_parameter_count, unique_parameter_count
 
 
@@ -29,6 +34,80 @@ def test_checkpointed_and_plain_gradients_are_equal():
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
     remove_checkpointing(model)
     assert all("forward" not in block.__dict__ for block in model.blocks)
+
+
+def _backward_recomputes(model, idx, mems, monkeypatch):
+    """Per block: attention-module forwards and attention-core (_attend_last) calls that run during
+    backward, i.e. recomputed; plus the loss and gradients."""
+    counts = {"attn": [0] * len(model.blocks), "core": [0] * len(model.blocks)}
+    phase = {"backward": False}
+    owner = {id(block.attn): i for i, block in enumerate(model.blocks)}
+    real_core = RelativeAttention._attend_last
+
+    def counted_core(self, *args):
+        if phase["backward"]:
+            counts["core"][owner[id(self)]] += 1
+        return real_core(self, *args)
+
+    monkeypatch.setattr(RelativeAttention, "_attend_last", counted_core)  # before apply_*: they bind it
+    handles = [block.attn.register_forward_hook(
+        lambda _m, _i, _o, i=i: counts["attn"].__setitem__(i, counts["attn"][i] + phase["backward"]))
+        for i, block in enumerate(model.blocks)]
+    return counts, phase, handles
+
+
+@pytest.mark.parametrize("scheme, k, recomputed_blocks, recomputed_cores", [
+    ("every_kth", 4, [0, 4], [0, 4]),
+    ("chunks", 4, list(range(8)), list(range(8))),
+    ("chunks", 3, list(range(8)), list(range(8))),
+    ("selective", None, [], list(range(8))),
+])
+def test_recompute_schemes_recompute_what_they_say_and_keep_the_gradients(scheme, k, recomputed_blocks,
+                                                                          recomputed_cores, monkeypatch):
+    torch.manual_seed(0)
+    model = TransformerXL(load_config("tiny", num_layers=8, dropout=0.1))
+    idx = torch.randint(0, 512, (2, 32))
+    first = model(idx)  # memories: each block of a chunk must get its own
+    torch.manual_seed(1)
+    plain_out, plain = _grads(model, idx, first.mems)
+    counts, phase, handles = _backward_recomputes(model, idx, first.mems, monkeypatch)
+    apply_recompute(model, scheme, k)
+    torch.manual_seed(1)  # same dropout masks: the recompute replays the RNG state
+    model.zero_grad(set_to_none=True)
+    out = model(idx, mems=first.mems, targets=idx)
+    phase["backward"] = True
+    out.loss.backward()
+    for h in handles:
+        h.remove()
+    assert [i for i, c in enumerate(counts["attn"]) if c] == recomputed_blocks
+    assert [i for i, c in enumerate(counts["core"]) if c] == recomputed_cores
+    assert torch.equal(plain_out.loss, out.loss)
+    for a, b in zip(plain_out.mems, out.mems):  # the loop stores the true layer inputs as memories
+        assert torch.equal(a, b)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, plain[name], rtol=1e-5, atol=1e-7, msg=name)
+    remove_checkpointing(model)
+    assert "_chunk_mems_hook" not in model.__dict__ and not model._forward_pre_hooks
+    assert all("_attend_last" not in b.attn.__dict__ and "forward" not in b.__dict__ for b in model.blocks)
+
+
+def test_a_chunk_member_called_outside_its_chunk_is_refused():
+    model = TransformerXL(load_config("tiny", num_layers=4))
+    assert apply_chunked_checkpointing(model, 2) == [[0, 1], [2, 3]]
+    model(torch.randint(0, 512, (1, 8)))
+    with pytest.raises(RuntimeError, match="inside a checkpointed chunk"):
+        model.blocks[1](torch.zeros(1, 8, model.config.hidden_size), None, None)
+
+
+def test_modelled_readings_order_memory_and_recompute():
+    config = load_config("small", num_layers=8)
+    none, kth, chunks, full = (modelled_activation_bytes(config, 8, k, scheme=s) for s, k in
+                               (("every_kth", None), ("every_kth", 4), ("chunks", 4), ("every_kth", 1)))
+    selective = modelled_activation_bytes(config, 8, None, scheme="selective")
+    assert full < chunks < kth < none and selective < none
+    assert modelled_recompute_overhead(config, 4, "chunks") == modelled_recompute_overhead(config, 1)
+    assert 0 < modelled_recompute_overhead(config, None, "selective") < modelled_recompute_overhead(config, 4)
+    assert apply_selective_recompute(TransformerXL(load_config("tiny", num_layers=3))) == [0, 1, 2]
 
 
 def test_checkpointing_under_bf16_autocast_recomputes_like_the_forward():

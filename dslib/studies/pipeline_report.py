@@ -75,3 +75,38 @@ def balance_evidence(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      {"value": row["flops_improvement_vs_uniform"], "conditions": conditions, "kind": "modelled",
                       "default": default, "note": "from dslib.model.flops"}]
     return evidence
+
+
+WORK_COLORS = {"ForwardPass": "tab:blue", "BackwardPass": "tab:orange"}
+
+
+def plot_pipeline_timeline(runs: list, step: int = -1):
+    """Gantt chart of one measured step of the run with the most micro-batches: one row per stage,
+    every recorded instruction at its measured start and length (ms from the step's first
+    instruction); forward and backward numbered by micro-batch in the order each stage ran them."""
+    run = max(runs, key=lambda r: (r.micro_batches, len(r.events)))
+    records = [stage[step] for stage in run.events]
+    start = min(s for rec in records for _, s, _ in rec)
+    fig, ax = viz.new_figure(width=11, height=0.9 * len(records) + 1.6)
+    for row, rec in enumerate(records):
+        seen = {name: 0 for name in WORK_COLORS}
+        for name, s, e in rec:
+            work = name in WORK_COLORS
+            ax.barh(row, (e - s) * 1e3, left=(s - start) * 1e3, height=0.7 if work else 0.25,
+                    color=WORK_COLORS.get(name, "lightgray"), edgecolor="black" if work else "none", linewidth=0.4)
+            if work:
+                ax.text((s + e - 2 * start) / 2 * 1e3, row, f"{'F' if name == 'ForwardPass' else 'B'}{seen[name]}",
+                        ha="center", va="center", fontsize=7, color="white")
+                seen[name] += 1
+    from matplotlib.patches import Patch
+
+    legend = [Patch(color=c, label=n) for n, c in WORK_COLORS.items()]
+    legend.append(Patch(color="lightgray", label="other instructions (send/recv, load, reduce, step)"))
+    ax.set_yticks(range(len(records)), [f"stage {i}" for i in range(len(records))])
+    ax.invert_yaxis()
+    ax.set(xlabel="ms from the step's first instruction (measured)",
+           title=f"1F1B, measured: {run.label}, {run.partition_method}, {run.micro_batches} micro-batches")
+    ax.legend(handles=legend, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3)
+    fig.tight_layout()
+    return fig
+

@@ -75,3 +75,33 @@ def timing_rows(studies: dict[int, dict[str, Any]], single: dict[str, Any]) -> l
     return [{"tp": r["tp"], "step_s": r["step_s"], "vs tp=1": r["step_s"] / single["step_s"],
              "params per rank": r["params_per_rank"], "ring KiB sent per step": r["comm_ring_bytes_per_step"] / KB}
             for r in rows]
+
+
+def plot_megatron_split(hidden: int, intermediate: int, tp: int, tokens: int):
+    """Megatron's MLP on ``tp`` ranks with the chapter model's shapes: f (identity forward, all-reduce
+    backward) -> column-parallel fc_in [h, 4h/tp] per rank -> GeLU, local -> row-parallel fc_out
+    [4h/tp, h] -> g (all-reduce forward, identity backward)."""
+    import matplotlib.patches as patches
+
+    fig, ax = viz.new_figure(width=11, height=1.2 + 1.3 * tp)
+    colors = ["tab:blue", "tab:green", "tab:purple", "tab:brown"]
+    shard = intermediate // tp
+    ax.add_patch(patches.Rectangle((0, 0), 1.2, tp * 1.3, color="lightgray"))
+    ax.text(0.6, tp * 0.65, f"X\n[{tokens}, {hidden}]\n(every rank)", ha="center", va="center", fontsize=8)
+    for x, name, fwd, bwd in ((1.6, "f", "identity", "all-reduce"), (9.7, "g", "all-reduce", "identity")):
+        ax.add_patch(patches.Circle((x + 0.3, tp * 0.65), 0.35, color="gold"))
+        ax.text(x + 0.3, tp * 0.65, name, ha="center", va="center", fontsize=12, weight="bold")
+        ax.text(x + 0.3, tp * 0.65 - 0.75, f"fwd: {fwd}\nbwd: {bwd}", ha="center", va="top", fontsize=7)
+    for r in range(tp):
+        y, c = (tp - 1 - r) * 1.3 + 0.15, colors[r % len(colors)]
+        for x, w, label in ((2.6, 1.6, f"A{r} (column)\n[{hidden}, {shard}]"),
+                            (4.6, 1.4, f"Y{r} = GeLU(X A{r})\n[{tokens}, {shard}]"),
+                            (6.4, 1.6, f"B{r} (row)\n[{shard}, {hidden}]")):
+            ax.add_patch(patches.Rectangle((x, y), w, 1.0, color=c, alpha=0.35 if x == 4.6 else 0.8))
+            ax.text(x + w / 2, y + 0.5, label, ha="center", va="center", fontsize=7)
+        ax.text(8.15, y + 0.5, f"rank {r}: Y{r} B{r}\npartial [{tokens}, {hidden}]", va="center", fontsize=7)
+    ax.text(11.7, tp * 0.65, f"Z = sum of\npartials\n[{tokens}, {hidden}]", ha="center", va="center", fontsize=8)
+    ax.set(xlim=(-0.2, 12.6), ylim=(-1.4, tp * 1.3 + 0.2),
+           title=f"Megatron MLP on {tp} ranks: column split of fc_in, row split of fc_out (h={hidden}, 4h={intermediate})")
+    ax.axis("off")
+    return fig

@@ -32,6 +32,29 @@ def checkpoint_tradeoff(rows: list[dict[str, Any]]):
     return fig
 
 
+def checkpoint_readings(rows: list[dict[str, Any]]):
+    """Peak memory and step time of each recompute scheme (checkpoint_readings rows), the modelled
+    peak (plain peak moved by the modelled activation bytes) marked on each bar."""
+    fig, axes = viz.new_figure(2)
+    ax_mem, ax_time = axes[0]
+    labels = [r["scheme"] + (f"\nk={r['checkpoint_every']}" if r["checkpoint_every"] else "") for r in rows]
+    plain = next(r for r in rows if r["scheme"] == "none")
+    ax_mem.bar(labels, [r["peak_MB"] for r in rows], label="measured peak")
+    ax_mem.scatter(labels, [plain["peak_MB"] - plain["modelled_activations_MB"] + r["modelled_activations_MB"]
+                            for r in rows], color="gray", marker="x", zorder=3, label="modelled")
+    ax_mem.set(ylabel="peak training memory (MB)", title="Two readings of 'every k layers', selective, full")
+    ax_mem.legend(fontsize=8)
+    ax_time.bar(labels, [r["step_s"] * 1e3 for r in rows], color="tab:orange")
+    for i, r in enumerate(rows):
+        ax_time.annotate(f"+{r['time_overhead'] * 100:.0f}%\n(model +{r['modelled_recompute'] * 100:.0f}%)",
+                         (i, r["step_s"] * 1e3), ha="center", va="bottom", fontsize=7)
+    ax_time.set(ylabel="step time (ms, fastest timed step)", title="Step time and recompute overhead")
+    for ax in (ax_mem, ax_time):
+        ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def sharing_losses(results: dict[str, dict[str, Any]]):
     fig, axes = viz.new_figure(2)
     ax_loss, ax_bar = axes[0]

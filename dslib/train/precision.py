@@ -114,9 +114,9 @@ def low_precision_slowdown(device: torch.device | str | None = None) -> dict[str
 
     Measured once per process and device (a few seconds: fwd + bwd of a 2-layer Transformer,
     d=128, 512 tokens, best of 3 after a warm-up), returned with the CPU's flags. On a CPU
-    without bf16/fp16 units (AVX2 only) autocast is tens of times slower than fp32: a chapter
-    trains its long runs in fp32 where its precision is in ``avoid_for_long_runs`` (more than
-    2x fp32's time) and keeps the 16-bit runs short.
+    without bf16/fp16 units (AVX2 only) autocast runs emulated kernels, slower than fp32 by the
+    factor this returns: a chapter trains its long runs in fp32 where its precision is in
+    ``avoid_for_long_runs`` (more than 2x fp32's time) and keeps the 16-bit runs short.
     """
     device = torch.device(device if device is not None else "cpu")
     return _measured_slowdown(device)
