@@ -36,16 +36,13 @@ class DslibLM(LM):
 
     Contexts start with the end-of-text id, as documents do in the training stream. A
     request longer than `max_length` keeps its last `max_length` tokens (the continuation
-    always fits). Scoring batches requests, right-padded: causal attention makes a
-    position's logits independent of the padding after it.
+    always fits). Scoring batches requests, right-padded: causal attention and causal
+    gates (gate.py) make a position's logits independent of the padding after it.
     """
 
     def __init__(self, model: nn.Module, tokenizer, max_length: int, batch_size: int = 32) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_length, self.batch_size = max_length, batch_size
-        gate = getattr(getattr(model, "config", None), "gate", None)
-        if gate is not None and gate.enabled and gate.granularity == "sequence":
-            self.batch_size = 1  # a per-sequence gate decides on the segment mean: padding would move it
         self.device = next(model.parameters()).device
 
     @property
