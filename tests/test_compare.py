@@ -4,8 +4,11 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from dslib.studies.optimizers import (Curve, OptimizerSpec, best_specs, common_target, lr_sweep, seed_runs,
-                                 speedup, train_curve)
+import pytest
+
+from dslib.studies.optimizers import (Curve, OptimizerSpec, best_specs, common_target, grid_edge, loss_targets,
+                                      lr_sweep, seed_runs, speedup, speedups_at, sweep_edges, train_curve,
+                                      widen_to_interior)
 
 
 def curve(name: str, seed: int, val_loss: list[float], step_s: float = 1.0) -> Curve:
@@ -61,3 +64,41 @@ def test_train_curve_and_sweep_learn_on_real_runs():
                      eval_every=10, **kwargs)
     assert [c.seed for c in runs["adamw"]] == [0, 1]
     assert runs["adamw"][0].val_loss != runs["adamw"][1].val_loss  # the seed changes the init
+
+
+def test_steps_to_target_interpolate_between_evaluations():
+    c = curve("adamw", 0, [3.0, 2.5, 2.0, 1.8])  # evaluations at steps 10, 20, 30, 40
+    assert c.reach(2.25) == pytest.approx((25.0, 25.0))  # half-way between steps 20 and 30
+    assert c.reach(1.9) == pytest.approx((35.0, 35.0))
+    assert c.reach(3.5) == (10.0, 10.0)  # already below at the first evaluation
+    assert c.reach(1.0) is None
+    fast = curve("lion", 0, [2.6, 2.1, 1.9, 1.8])
+    assert speedup([c], [fast], 2.25)["step_ratio_mean"] == pytest.approx(25.0 / 17.0)  # 10 + 10 * 0.35 / 0.5
+
+
+@pytest.mark.parametrize("losses, edge", [([1.0, 2.0, 3.0], "low"), ([3.0, 2.0, 1.0], "high"),
+                                          ([2.0, 1.0, 3.0], None), ([float("nan"), 2.0, 1.0], "high"),
+                                          ([2.0, 1.0, float("nan")], None)])
+def test_grid_edge_flags_a_best_lr_on_the_edge(losses, edge):
+    assert grid_edge([1e-4, 1e-3, 1e-2], losses) == edge
+    assert grid_edge([1e-3], [1.0]) == "single point"
+
+
+def test_loss_targets_run_from_the_first_evaluation_down_to_the_common_target():
+    runs = [curve("adamw", 0, [3.0, 2.0]), curve("lion", 0, [2.5, 2.2, 2.4])]
+    assert loss_targets(runs, (0.5, 1.0)) == pytest.approx([2.6, 2.2])
+    rows = speedups_at(runs[:1], [curve("adamw", 0, [2.5, 2.2])], [2.6, 2.2])
+    assert [r["seeds_reached"] for r in rows] == [1, 1] and rows[0]["step_ratio_mean"] == pytest.approx(14.0 / 10.0)
+
+
+def test_widen_moves_an_edge_best_lr_inside_its_grid():
+    kwargs = regression_setup()
+    model_fn = lambda: LinearRegression(8, 1)  # noqa: E731
+    train = dict(steps=30, eval_every=10, **kwargs)
+    sweep = lr_sweep(model_fn, [OptimizerSpec("adamw", lr) for lr in (1e-4, 3e-4)], seed=0, **train)
+    assert sweep_edges(sweep) == {"adamw": "high"}  # both too small: the larger wins
+    widened = widen_to_interior(model_fn, sweep, seed=0, factor=30.0, max_rounds=3, **train)
+    lrs = [c.spec.lr for c in widened["adamw"]]
+    assert lrs == sorted(lrs) and max(lrs) > 3e-4 and len(lrs) > 2
+    assert sweep_edges(widened)["adamw"] is None or len(lrs) == 5
+    assert len(sweep["adamw"]) == 2  # the input sweep is left as it was

@@ -292,3 +292,39 @@ def test_cross_domain_distractors_come_from_other_domains():
             for k, choice in enumerate(it.choices):
                 owners = {d for d, docs in held.items() for t in docs if choice.strip() in t}
                 assert (owners == {domain}) if k == it.answer else (domain not in owners)
+
+
+from dslib.eval.lm import nucleus_probs  # noqa: E402
+from dslib.eval.prompts import distinct_2, generation_rows, word_f1  # noqa: E402
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    torch.testing.assert_close(nucleus_probs(logits, top_p=0.7), torch.tensor([0.625, 0.375, 0.0, 0.0]))
+    torch.testing.assert_close(nucleus_probs(logits, top_p=0.8), torch.tensor([0.625, 0.375, 0.0, 0.0]))
+    assert int((nucleus_probs(logits, top_p=0.81) > 0).sum()) == 3
+    assert int((nucleus_probs(logits, top_p=0.1) > 0).sum()) == 1  # the top token always stays
+    torch.testing.assert_close(nucleus_probs(logits), torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    sharp = nucleus_probs(logits, temperature=0.5)
+    assert sharp[0] > 0.5 and sharp[3] < 0.05  # temperature < 1 sharpens
+    with pytest.raises(ValueError):
+        nucleus_probs(logits, top_p=0.0)
+
+
+def test_sampled_decoding_is_seeded_and_differs_from_greedy(tiny_lm):
+    sample = lambda seed: tiny_lm.generate_until("And God said", ["\n"], 12, temperature=1.0, top_p=0.95,  # noqa
+                                                 seed=seed)
+    assert sample(0) == sample(0)
+    greedy = tiny_lm.greedy_until("And God said", ["\n"], 12)
+    assert any(sample(s) != greedy for s in range(4))
+    near_greedy = tiny_lm.generate_until("And God said", ["\n"], 12, temperature=1.0, top_p=1e-6, seed=3)
+    assert near_greedy == greedy  # a nucleus of one token is greedy decoding
+
+
+def test_generation_rows_score_words_against_the_true_continuation(tiny_lm):
+    assert word_f1("the lord said", "The Lord spake") == pytest.approx(2 / 3)
+    assert word_f1("", "x") == 0.0 and distinct_2(["a b a b"]) == pytest.approx(2 / 3)
+    items = continuation_suite(TEXTS, "bible", n_items=2, n_choices=2, context_words=4, continuation_words=3)
+    rows = generation_rows(tiny_lm, items, {"greedy": {}, "t=1 p=0.9": {"temperature": 1.0, "top_p": 0.9}}, 6)
+    assert [r["decoder"] for r in rows] == ["greedy", "t=1 p=0.9"] and all(0 <= r["word_f1"] <= 1 for r in rows)
+    assert rows[1]["top_p"] == 0.9 and rows[0]["n"] == 2

@@ -1,7 +1,8 @@
 """A narrow language-model interface (lm-evaluation-harness style) and dslib's adapter.
 
 Every test in this chapter talks to a model only through `LM`: the log-likelihood of a
-continuation given a context, and greedy generation. Any causal LM that implements the
+continuation given a context, and greedy generation (`DslibLM.generate_until` also
+samples: temperature and nucleus / top-p, Holtzman et al. 2020). Any causal LM that implements the
 two abstract methods is evaluated the same way; `DslibLM` wraps a dslib TransformerXL
 (or anything with its forward: `model(idx, mems=None)` -> `.logits`, `.mems`) and a
 dslib tokenizer.
@@ -14,6 +15,19 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def nucleus_probs(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+    """Sampling distribution over the last dim: softmax(logits / temperature) restricted to the
+    smallest set of most likely tokens whose probability reaches top_p, renormalised."""
+    if temperature <= 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    probs = F.softmax(logits.float() / temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the tokens ranked above
+    sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)  # the top token always stays
+    kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return kept / kept.sum(dim=-1, keepdim=True)
 
 
 class LM(abc.ABC):
@@ -36,16 +50,13 @@ class DslibLM(LM):
 
     Contexts start with the end-of-text id, as documents do in the training stream. A
     request longer than `max_length` keeps its last `max_length` tokens (the continuation
-    always fits). Scoring batches requests, right-padded: causal attention makes a
-    position's logits independent of the padding after it.
+    always fits). Scoring batches requests, right-padded: causal attention and causal
+    gates (gate.py) make a position's logits independent of the padding after it.
     """
 
     def __init__(self, model: nn.Module, tokenizer, max_length: int, batch_size: int = 32) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_length, self.batch_size = max_length, batch_size
-        gate = getattr(getattr(model, "config", None), "gate", None)
-        if gate is not None and gate.enabled and gate.granularity == "sequence":
-            self.batch_size = 1  # a per-sequence gate decides on the segment mean: padding would move it
         self.device = next(model.parameters()).device
 
     @property
@@ -82,18 +93,29 @@ class DslibLM(LM):
         self.model.train(was_training)
         return scores
 
-    @torch.no_grad()
     def greedy_until(self, context: str, until: Sequence[str], max_tokens: int) -> str:
-        """Feeds the context once, then one token at a time with the memories (Transformer-XL's
-        cached states): exact incremental decoding while memory_length covers the text so far."""
+        return self.generate_until(context, until, max_tokens)
+
+    @torch.no_grad()
+    def generate_until(self, context: str, until: Sequence[str], max_tokens: int, temperature: float = 0.0,
+                       top_p: float = 1.0, seed: int = 0) -> str:
+        """Greedy (temperature 0) or sampled (`nucleus_probs`, a generator seeded by `seed`:
+        the same seed, the same text) continuation. Feeds the context once, then one token at
+        a time with the memories (Transformer-XL's cached states): exact incremental decoding
+        while memory_length covers the text so far."""
         was_training = self.model.training
         self.model.eval()
+        generator = torch.Generator().manual_seed(seed)
         ids = self.encode_context(context)[-self.max_length:]
         out = self.model(torch.tensor([ids], device=self.device))
         use_memory = getattr(self.model, "memory_length", 0) > 0 and out.mems is not None
         generated: list[int] = []
         while len(generated) < max_tokens:
-            token = int(out.logits[0, -1].argmax())
+            last = out.logits[0, -1].cpu()
+            if temperature == 0:
+                token = int(last.argmax())
+            else:
+                token = int(torch.multinomial(nucleus_probs(last, temperature, top_p), 1, generator=generator))
             if token == self.tokenizer.eos_id:
                 break
             generated.append(token)

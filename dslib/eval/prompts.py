@@ -9,16 +9,22 @@ short distractors gain nothing (lm-evaluation-harness's two accuracies). `acc_pm
 log p(continuation | context) - log p(continuation | nothing): what the context adds, so
 a continuation that is likely anyway (a domain the model saw most of) does not win by
 its prior alone (the harness's acc_mutual_info). Chance is 1 / number of choices.
+
+`generation_rows` asks the model to write the continuation instead of choosing it: greedy
+and sampled decoders (temperature, top-p) side by side, scored by the word-bag F1 of the
+generated words against the true continuation (SQuAD's F1 on words) and by distinct-2, the
+share of distinct word bigrams (greedy decoding of a small model repeats itself).
 """
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from dslib.eval.lm import LM
+from dslib.eval.lm import DslibLM, LM
 
 
 @dataclass(frozen=True)
@@ -105,3 +111,34 @@ def accuracy_from_loglikelihoods(items: Sequence[MultipleChoice], lls: Sequence[
 def evaluate_suites(lm: LM, suites: Mapping[str, Sequence[MultipleChoice]]) -> list[dict]:
     """One row per domain: domain, acc, acc_norm, n, chance."""
     return [{"domain": domain, **score_items(lm, items)} for domain, items in suites.items()]
+
+
+def word_f1(prediction: str, reference: str) -> float:
+    """F1 of the bags of lower-cased words (SQuAD's token F1 without its article stripping)."""
+    pred, ref = prediction.lower().split(), reference.lower().split()
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def distinct_2(texts: Sequence[str]) -> float:
+    """Distinct word bigrams over all bigrams of the texts (0 when there is no bigram)."""
+    bigrams = [tuple(w[i:i + 2]) for w in (t.split() for t in texts) for i in range(len(w) - 1)]
+    return len(set(bigrams)) / len(bigrams) if bigrams else 0.0
+
+
+def generation_rows(lm: DslibLM, items: Sequence[MultipleChoice], decoders: Mapping[str, Mapping[str, float]],
+                    max_tokens: int, seed: int = 0) -> list[dict]:
+    """One row per decoder: mean word F1 of the generated continuation against the true
+    one, and distinct-2. A decoder is `generate_until`'s keywords, e.g. {"temperature": 0.8,
+    "top_p": 0.9}; {} is greedy. Item i samples with seed + i (reproducible)."""
+    rows = []
+    for name, kwargs in decoders.items():
+        outputs = [lm.generate_until(it.context, ["\n"], max_tokens, seed=seed + i, **kwargs)
+                   for i, it in enumerate(items)]
+        f1 = [word_f1(out, it.choices[it.answer]) for out, it in zip(outputs, items)]
+        rows.append({"decoder": name, **kwargs, "word_f1": float(np.mean(f1)) if f1 else float("nan"),
+                     "distinct_2": distinct_2(outputs), "n": len(items)})
+    return rows

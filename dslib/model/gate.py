@@ -26,8 +26,15 @@ def straight_through_keep(logits: torch.Tensor, temperature: float) -> torch.Ten
 
 
 class DynamicGate(nn.Module):
-    """Keep logit from the block's input: [B] per sequence (mean over the segment)
-    or [B, T] per token. Positive logit = run the block."""
+    """Keep logit from the block's input: [B] per sequence or [B, T] per token.
+    Positive logit = run the block.
+
+    Both are causal. A token's decision reads that token's input only. A sequence's
+    decision is made before the segment runs, from what is known at its first position:
+    the mean of the layer's memory (its inputs from earlier segments) and of the
+    segment's first token. The article's gate averages the whole segment, so an early
+    position's output would depend on later tokens and could not be decoded token by token.
+    """
 
     def __init__(self, hidden_size: int, config: GateConfig):
         super().__init__()
@@ -42,9 +49,12 @@ class DynamicGate(nn.Module):
         """Start out keeping: the gate has to learn what to skip."""
         nn.init.constant_(self.fc_out.bias, self.init_keep_logit)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.norm(x.mean(dim=1) if self.granularity == "sequence" else x)
-        return self.fc_out(F.gelu(self.fc_in(features))).squeeze(-1)
+    def forward(self, x: torch.Tensor, mem: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, d] the block's input, mem [B, M, d] its memory (M may be 0)."""
+        if self.granularity == "sequence":
+            known = x[:, :1] if mem is None else torch.cat([mem, x[:, :1]], dim=1)
+            x = known.mean(dim=1)
+        return self.fc_out(F.gelu(self.fc_in(self.norm(x)))).squeeze(-1)
 
     def decide(self, logits: torch.Tensor) -> torch.Tensor:
         """0/1 keep decisions: sampled with straight-through gradient in training,

@@ -83,7 +83,7 @@ class Block(nn.Module):
         """Returns (output, expected keep rate or None, skipped fraction or None)."""
         if self.gate is None:
             return self.compute(x, mem, pos_emb), None, None
-        logits = self.gate(x)
+        logits = self.gate(x, mem)
         keep = self.gate.decide(logits)
         expected_keep, skipped = torch.sigmoid(logits).mean(), 1 - keep.detach().mean()
         if self.training or not self.skip_compute:

@@ -5,6 +5,8 @@ trainable one skips, saves and costs.
   decision is an integer; no gradient reaches the MLP (`gate_gradient_norms` shows it next
   to the straight-through gate of gate.py).
 - `train_gated` fine-tunes a gated copy of a trained ungated model at one compute penalty.
+- `penalty_sweep` fine-tunes and measures every (penalty, seed); `seed_spread` gives each
+  penalty's mean and seed-to-seed range, set beside the claim's loss tolerance.
 - `measure_inference` reads a validation stream once per mode and reports the loss, the
   skipped fraction of layer computations and the wall time per token: rejected rows
   skipped (`set_skip_compute(True)`), computed and masked (`False`), and the ungated model.
@@ -15,15 +17,17 @@ import copy
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from dslib.claims import load_claims
 from dslib.data.loader import StreamLoader
 from dslib.env import synchronize
 from dslib.model.config import GateConfig
 from dslib.model.gate import DynamicGate
 from dslib.model.transformer_xl import TransformerXL
-from dslib.train import TrainConfig, Trainer, TrainResult
+from dslib.train import TrainConfig, Trainer, TrainResult, seed_everything
 
 
 class ArgmaxGate(nn.Module):
@@ -124,3 +128,48 @@ def measure_inference(model: TransformerXL, reference: TransformerXL, loader: St
             "us_per_token_masked": us["masked"], "us_per_token_ungated": us["ungated"],
             "time_ratio_vs_ungated": us["skipping"] / us["ungated"],
             "time_ratio_vs_masked": us["skipping"] / us["masked"]}
+
+
+def penalty_sweep(base: TransformerXL, reference: TransformerXL, penalties: list[float], seeds: list[int],
+                  cfg: TrainConfig, train_tokens: np.ndarray, val_loader: StreamLoader, eval_batches: int,
+                  repeats: int, granularity: str = "sequence", init_keep_logit: float = 1.0,
+                  log=print) -> pd.DataFrame:
+    """One row per (penalty, seed): a gated copy of `base` fine-tuned under that seed (gate
+    initialisation, Gumbel noise), measured against the same ungated reference."""
+    rows = []
+    for penalty in penalties:
+        for seed in seeds:
+            seed_everything(seed)
+            run_cfg = cfg.model_copy(update={"seed": seed})
+            gated, _ = train_gated(base, penalty, run_cfg, train_tokens, granularity, init_keep_logit)
+            row = measure_inference(gated, reference, val_loader, eval_batches, repeats)
+            rows.append({"penalty": penalty, "seed": seed, **row})
+            log(f"penalty {penalty:g} seed {seed}: {row['skip_fraction']:.0%} skipped, "
+                f"loss cost {row['loss_cost']:+.3f}, time {row['time_ratio_vs_ungated']:.2f}x ungated")
+    return pd.DataFrame(rows)
+
+
+def seed_spread(sweep: pd.DataFrame, loss_tolerance: float) -> pd.DataFrame:
+    """Per penalty: mean skip fraction and loss cost over the seeds, the loss cost's
+    seed-to-seed range (max - min) and that range as a share of the claim's tolerance
+    (a share near or above 1 means one seed cannot tell a pass from a fail)."""
+    sweep = sweep.assign(masked_ratio_vs_ungated=sweep["us_per_token_masked"] / sweep["us_per_token_ungated"])
+    grouped = sweep.groupby("penalty")
+    out = pd.DataFrame({
+        "seeds": grouped.size(),
+        "skip_fraction": grouped["skip_fraction"].mean(),
+        "skip_fraction_range": grouped["skip_fraction"].max() - grouped["skip_fraction"].min(),
+        "loss_cost": grouped["loss_cost"].mean(),
+        "loss_cost_min": grouped["loss_cost"].min(),
+        "loss_cost_max": grouped["loss_cost"].max(),
+        "time_ratio_vs_ungated": grouped["time_ratio_vs_ungated"].mean(),
+        "masked_ratio_vs_ungated": grouped["masked_ratio_vs_ungated"].mean(),
+    }).reset_index()
+    out["loss_cost_range"] = out["loss_cost_max"] - out["loss_cost_min"]
+    out["range_over_tolerance"] = out["loss_cost_range"] / loss_tolerance
+    return out
+
+
+def claimed_loss_tolerance(claim_id: str = "gate_skips_30_50") -> float:
+    """The largest loss cost (nats/token) at which the claim counts skipping: configs/claims.yaml."""
+    return next(q.value for q in load_claims()[claim_id].quantities if q.name == "loss_cost")

@@ -7,10 +7,15 @@ so a slower optimizer step shows up in the loss-over-time curves.
 
 "Lion converges 1.8x faster" is measured as (steps or seconds AdamW needs to reach a
 target validation loss) / (steps or seconds Lion needs), per seed, with each optimizer
-at its best learning rate from a small sweep.
+at its best learning rate from a small sweep. A best learning rate on the edge of its grid
+is no optimum: `grid_edge` flags it and `widen_to_interior` extends the grid past that edge
+until the best is inside. Steps (and seconds) to a target are interpolated linearly between
+the two evaluations that bracket it, so the ratio is not quantised to `eval_every`; ratios are
+reported at several targets (`loss_targets`), not only at the slowest run's best loss.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -62,11 +67,19 @@ class Curve:
     def final_val_loss(self) -> float:
         return self.val_loss[-1]
 
-    def reach(self, target: float) -> tuple[int, float] | None:
-        """(step, training seconds) of the first evaluation with val loss <= target, or None."""
+    def reach(self, target: float) -> tuple[float, float] | None:
+        """(step, training seconds) where the validation loss first falls to ``target``,
+        interpolated linearly between the two evaluations around it (from step 0 at the first
+        evaluation's loss when that one is already below), or None if it never does."""
+        prev = (0.0, 0.0, None)
         for step, wall, loss in zip(self.val_steps, self.val_wall_s, self.val_loss):
             if loss <= target:
-                return step, wall
+                p_step, p_wall, p_loss = prev
+                if p_loss is None or p_loss == loss:
+                    return float(step), wall
+                frac = (p_loss - target) / (p_loss - loss)
+                return p_step + frac * (step - p_step), p_wall + frac * (wall - p_wall)
+            prev = (float(step), wall, loss)
         return None
 
     def rows(self) -> list[dict[str, Any]]:
@@ -130,6 +143,48 @@ def common_target(curves: list[Curve]) -> float:
     return max(min(c.val_loss) for c in curves)
 
 
+def loss_targets(curves: list[Curve], fractions: Iterable[float] = (0.5, 0.8, 1.0)) -> list[float]:
+    """Targets part of the way from the highest first-evaluation loss down to the common
+    target (fraction 1.0 = `common_target`, which the slowest run reaches only at its best)."""
+    start, end = max(c.val_loss[0] for c in curves), common_target(curves)
+    return [start + f * (end - start) for f in fractions]
+
+
+def grid_edge(lrs: list[float], losses: list[float]) -> str | None:
+    """Where the best (lowest-loss) learning rate sits in its grid: "low" or "high" edge,
+    "single point" for a one-point grid, None when inside. NaN losses count as diverged."""
+    if len(lrs) < 2:
+        return "single point"
+    finite = [loss if loss == loss else float("inf") for loss in losses]
+    best = lrs[finite.index(min(finite))]
+    return "low" if best == min(lrs) else "high" if best == max(lrs) else None
+
+
+def sweep_edges(sweep: dict[str, list[Curve]]) -> dict[str, str | None]:
+    """`grid_edge` of each optimizer's sweep (by final validation loss)."""
+    return {name: grid_edge([c.spec.lr for c in curves], [c.final_val_loss for c in curves])
+            for name, curves in sweep.items()}
+
+
+def widen_to_interior(model_fn: Callable[[], nn.Module], sweep: dict[str, list[Curve]], seed: int,
+                      factor: float = 3.0, max_rounds: int = 2, **train_kwargs: Any) -> dict[str, list[Curve]]:
+    """Extend each optimizer's grid by `factor` past the edge its best lr sits on, one point
+    per round, until the best is inside or `max_rounds` points were added; `sweep_edges` of
+    the result says which grids still end on their best."""
+    sweep = {name: list(curves) for name, curves in sweep.items()}
+    for name, curves in sweep.items():
+        for _ in range(max_rounds):
+            lrs = [c.spec.lr for c in curves]
+            edge = grid_edge(lrs, [c.final_val_loss for c in curves])
+            if edge not in ("low", "high"):
+                break
+            lr = min(lrs) / factor if edge == "low" else max(lrs) * factor
+            spec = dataclasses.replace(curves[0].spec, lr=lr)
+            curves.append(train_curve(model_fn, spec, seed, **train_kwargs))
+        curves.sort(key=lambda c: c.spec.lr)
+    return sweep
+
+
 def speedup(baseline: list[Curve], challenger: list[Curve], target: float) -> dict[str, Any]:
     """Per-seed ratios baseline/challenger of steps and seconds to reach ``target`` val loss.
 
@@ -163,6 +218,16 @@ def seed_runs(model_fn: Callable[[], nn.Module], specs: dict[str, OptimizerSpec]
     """Each chosen spec trained once per seed (seeds change the model's initialisation)."""
     return {name: [train_curve(model_fn, spec, seed, **train_kwargs) for seed in seeds]
             for name, spec in specs.items()}
+
+
+def speedups_at(baseline: list[Curve], challenger: list[Curve], targets: Iterable[float]) -> list[dict[str, Any]]:
+    """One row per target: `speedup`'s mean, range and number of seeds that reached it."""
+    rows = []
+    for target in targets:
+        result = speedup(baseline, challenger, target)
+        rows.append({"target_val_loss": target, "seeds_reached": sum("step_ratio" in r for r in result["per_seed"]),
+                     **{k: v for k, v in result.items() if k not in ("target_val_loss", "per_seed")}})
+    return rows
 
 
 def curves_table(curves: dict[str, list[Curve]]) -> list[dict[str, Any]]:
