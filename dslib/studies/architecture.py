@@ -142,3 +142,11 @@ def reach_rows(model: TransformerXL, tokens: torch.Tensor, memory_lengths: list[
     finally:
         model.memory_length = trained
     return rows
+
+
+def lanes(tokens: np.ndarray, batch_size: int, length: int) -> torch.Tensor:
+    """The first ``batch_size`` x ``length`` tokens of a stream as [batch_size, length] rows of
+    running text (each row continues where the one above ends)."""
+    if len(tokens) < batch_size * length:
+        raise ValueError(f"{batch_size} x {length} tokens asked of a stream of {len(tokens)}")
+    return torch.as_tensor(np.asarray(tokens[:batch_size * length], dtype=np.int64)).view(batch_size, length)
