@@ -42,7 +42,7 @@ def score_terms_on_batch(model: TransformerXL, tokens: torch.Tensor) -> tuple[li
     """
     was_training = model.training
     model.eval()
-    T = model.config.seq_len
+    T, tokens = model.config.seq_len, tokens.to(model.embed.weight.device)
     mems = model(tokens[:, :T]).mems
     with _capture(model) as seen:
         model(tokens[:, T:2 * T], mems=mems)
@@ -70,6 +70,7 @@ def memory_gradient_rows(model: TransformerXL, tokens: torch.Tensor) -> list[dic
     segment 1's hidden states that became the memory, as the model carries them (detached) and
     with the detach removed (the same states passed with their graph)."""
     T, M = model.config.seq_len, model.memory_length
+    tokens = tokens.to(model.embed.weight.device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     with _capture(model, inputs=False) as seen:
         first = model(inputs[:, :T])
@@ -92,6 +93,7 @@ def influence_map(model: TransformerXL, tokens: torch.Tensor, position: int) -> 
     the embedding, row l: block l's output; the logits change exactly where the last row does)."""
     was_training = model.training
     model.eval()
+    tokens = tokens.to(model.embed.weight.device)
     changed = tokens.clone()
     changed[:, position] = (changed[:, position] + 1) % model.config.vocab_size
     runs = []
@@ -105,7 +107,7 @@ def influence_map(model: TransformerXL, tokens: torch.Tensor, position: int) -> 
             layers.append(torch.stack([seen[0][0]] + [y for _, y in seen]))  # [L+1, B, T, d]
         runs.append(torch.cat(layers, dim=2))
     model.train(was_training)
-    return (runs[1] - runs[0]).abs().amax(dim=(1, 3)).double().numpy()
+    return (runs[1] - runs[0]).abs().amax(dim=(1, 3)).double().cpu().numpy()
 
 
 def reach_bound(num_layers: int, seq_len: int, memory_length: int, position: int) -> int:

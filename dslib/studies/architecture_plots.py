@@ -14,10 +14,10 @@ from dslib.model.attention import ScoreTerms
 def plot_score_terms(terms: ScoreTerms, layer: int, head: int = 0, row: int = 0) -> Any:
     """Heatmaps (query x key) of the four terms and their sum for one head of one batch row."""
     fig, axes = viz.new_figure(ncols=5, width=3.2, height=3.4)
-    visible = terms.visible.numpy()
+    visible = terms.visible.cpu().numpy()
     panels = {**terms.named(), "sum = score": terms.total()}
     for ax, (name, term) in zip(axes[0], panels.items()):
-        values = np.where(visible, term[head, row].detach().numpy(), np.nan)
+        values = np.where(visible, term[head, row].detach().float().cpu().numpy(), np.nan)
         limit = np.nanmax(np.abs(values))
         image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
         ax.set_title(f"{name}\nmean |.| {np.nanmean(np.abs(values)):.3f}", fontsize=9)
