@@ -132,7 +132,11 @@ def plot_measured_partitioning(results: list[ZeroResult]) -> Any:
     base = next((r for r in plain if r.stage == 0), None)
     if base is None:
         return None
-    full = {c: float(base.memory[0][c]) for c in COMPONENTS if base.memory[0].get(c)}
+    # a component's whole: what stage 0 replicates on a rank, or, for one stage 0 does not keep
+    # (DeepSpeed's fp32 master clone), the sum of its partitions over the ranks
+    full = {c: float(base.memory[0].get(c, 0)) or max(sum(m.get(c, 0) for m in r.memory) for r in plain)
+            for c in COMPONENTS}
+    full = {c: b for c, b in full.items() if b > 0}
     per_rank = {label(r): [{c: float(m.get(c, 0)) for c in COMPONENTS} for m in r.memory] for r in plain}
     return planning_plots.plot_zero_partitioning(
         per_rank, full, "Model states each rank holds, measured from DeepSpeed's tensors (before the optimizer step)")
