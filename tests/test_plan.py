@@ -385,3 +385,16 @@ def test_hierarchical_collectives_reduce_to_flat_rings():
 def test_unknown_link_is_named():
     with pytest.raises(ValueError, match="Token Ring"):
         comm.get_link("Token Ring")
+
+
+def test_zero_partition_bytes_divide_what_each_stage_partitions():
+    from dslib.studies.planning_plots import zero_partition_bytes
+
+    per_rank, full = zero_partition_bytes(10**8, 4)
+    assert full == {"params": 2e8, "grads": 2e8, "master": 4e8, "optimizer": 8e8}
+    shares = {stage: {c: ranks[0][c] / full[c] for c in full} for stage, ranks in per_rank.items()}
+    assert list(shares) == ["DP (stage 0)", "ZeRO-1", "ZeRO-2", "ZeRO-3"]
+    assert shares["DP (stage 0)"] == {c: 1.0 for c in full}
+    assert shares["ZeRO-1"] == {"params": 1.0, "grads": 1.0, "master": 0.25, "optimizer": 0.25}
+    assert shares["ZeRO-2"]["grads"] == 0.25 and shares["ZeRO-2"]["params"] == 1.0
+    assert shares["ZeRO-3"] == {c: 0.25 for c in full}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -113,9 +114,7 @@ class RelativeAttention(nn.Module):
         """
         B, Q = query_in.shape[:2]
         S, H, dh = context.size(1), self.num_heads, self.head_dim
-        q = self._heads(self.q_proj(query_in))  # [H, B, Q, dh]
-        k, v = self._heads(self.k_proj(context)), self._heads(self.v_proj(context))  # [H, B, S, dh]
-        r = self.r_proj(pos_emb).view(S, H, dh).permute(1, 2, 0) / math.sqrt(dh)  # [H, dh, S], distances S-1..0
+        q, k, v, r = self._project(query_in, context, pos_emb)
         if query_pos is not None:
             blocks = [self._attend_at(q, k, v, r, query_pos)]
         else:
@@ -132,15 +131,39 @@ class RelativeAttention(nn.Module):
         out = torch.cat([o.permute(1, 2, 0, 3) for o in blocks], dim=1)
         return self.o_proj(out.reshape(B, Q, H * dh))
 
-    def _attend_last(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        """Queries q [H, B, Q, dh] that are the last Q of the S keys k, v [H, B, S, dh]."""
-        H, B, Q, dh = q.shape
+    def _project(self, query_in: torch.Tensor, context: torch.Tensor, pos_emb: torch.Tensor):
+        """q [H, B, Q, dh]; k, v [H, B, S, dh]; r [H, dh, S] (distances S-1..0, scaled by 1/sqrt(dh))."""
+        S, H, dh = context.size(1), self.num_heads, self.head_dim
+        q = self._heads(self.q_proj(query_in))
+        k, v = self._heads(self.k_proj(context)), self._heads(self.v_proj(context))
+        r = self.r_proj(pos_emb).view(S, H, dh).permute(1, 2, 0) / math.sqrt(dh)
+        return q, k, v, r
+
+    def scores(self, query_in: torch.Tensor, context: torch.Tensor, pos_emb: torch.Tensor) -> torch.Tensor:
+        """The pre-softmax scores forward() uses, [H, B, Q, S], future keys at -inf.
+
+        The same code path as training (rel_shift view, content term on the causal mask),
+        as one query block: for inspection (`score_terms` splits it into its four terms).
+        """
+        q, k, _, r = self._project(query_in, context, pos_emb)
+        H, B, Q, _ = q.shape
         S = k.size(2)
+        scores = self._scores(q, k, self._position_scores_last(q, r), causal_bias(Q, S, q.device, q.dtype))
+        return scores.view(H, B, Q, S)
+
+    def _position_scores_last(self, q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """(q + v) . r shifted to (query, key), queries the last Q of S positions: [H*B, Q, S]."""
+        H, B, Q, dh = q.shape
+        S = r.size(-1)
         # a zero column in front of the S distances: the matmul writes the padded
         # [H, B*Q, S+1] layout and the relative shift is a view (shift_padded)
         q_pos = (q + self.pos_bias_v[:, None, None]).reshape(H, B * Q, dh)
-        pos_scores = shift_padded(torch.bmm(q_pos, F.pad(r, (1, 0))).view(H * B, Q, S + 1))
-        return self._weigh(q, k, v, pos_scores, causal_bias(Q, S, q.device, q.dtype))
+        return shift_padded(torch.bmm(q_pos, F.pad(r, (1, 0))).view(H * B, Q, S + 1))
+
+    def _attend_last(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """Queries q [H, B, Q, dh] that are the last Q of the S keys k, v [H, B, S, dh]."""
+        Q, S = q.size(2), k.size(2)
+        return self._weigh(q, k, v, self._position_scores_last(q, r), causal_bias(Q, S, q.device, q.dtype))
 
     def _attend_at(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor,
                    query_pos: torch.Tensor) -> torch.Tensor:
@@ -160,11 +183,78 @@ class RelativeAttention(nn.Module):
         """Softmax of content + position scores, applied to the values: [H, B, Q, dh]."""
         H, B, Q, dh = q.shape
         S = k.size(2)
+        probs = self._scores(q, k, pos_scores, mask).softmax(dim=-1)
+        if self.training and self.dropout > 0:
+            probs = F.dropout(probs, self.dropout)
+        return torch.bmm(probs, v.reshape(H * B, S, dh)).view(H, B, Q, dh)
+
+    def _scores(self, q: torch.Tensor, k: torch.Tensor, pos_scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(q + u) . k / sqrt(dh) + position scores + mask: [H*B, Q, S]."""
+        H, B, Q, dh = q.shape
+        S = k.size(2)
         # the content term written on top of the mask (baddbmm's input: no pass of its own),
         # then the position term added in place from its view: no copy of either [H*B, Q, S]
         scores = torch.baddbmm(mask, (q + self.pos_bias_u[:, None, None]).reshape(H * B, Q, dh),
                                k.reshape(H * B, S, dh).transpose(1, 2), alpha=1.0 / math.sqrt(dh))
-        probs = scores.add_(pos_scores).softmax(dim=-1)
-        if self.training and self.dropout > 0:
-            probs = F.dropout(probs, self.dropout)
-        return torch.bmm(probs, v.reshape(H * B, S, dh)).view(H, B, Q, dh)
+        return scores.add_(pos_scores)
+
+
+
+@dataclass
+class ScoreTerms:
+    """Transformer-XL's relative score split into its four terms (Dai et al. 2019, section 3.3),
+    each [H, B, Q, S] and scaled by 1/sqrt(dh) as the model scales them; 0 at future keys.
+
+    (a) content       q_i . k_j           what query i asks of key j's content
+    (b) position      q_i . W_r R_{i+M-j}  how query i weighs the distance to j
+    (c) content bias  u . k_j             a key's content, whoever asks (global)
+    (d) position bias v . W_r R_{i+M-j}    a distance, whoever asks (global)
+    """
+
+    content: torch.Tensor
+    position: torch.Tensor
+    content_bias: torch.Tensor
+    position_bias: torch.Tensor
+    visible: torch.Tensor  # [Q, S] bool: key j at or before query i
+
+    def named(self) -> dict[str, torch.Tensor]:
+        return {"content (a)": self.content, "position (b)": self.position,
+                "content bias (c)": self.content_bias, "position bias (d)": self.position_bias}
+
+    def total(self) -> torch.Tensor:
+        """a + b + c + d at visible pairs, -inf at future keys: what the softmax should see."""
+        summed = self.content + self.position + self.content_bias + self.position_bias
+        return summed.masked_fill(~self.visible, float("-inf"))
+
+
+def score_terms(attn: RelativeAttention, query_in: torch.Tensor, context: torch.Tensor,
+                pos_emb: torch.Tensor) -> ScoreTerms:
+    """The four terms of ``attn``'s score for queries that are the last Q of the S context positions.
+
+    Computed by distance with an explicit index (no rel_shift), so that the sum checks the
+    model's shifted score (`RelativeAttention.scores`). Memory: an [H, Q, S, dh] gather, for
+    inspecting small models.
+    """
+    q, k, _, r = attn._project(query_in, context, pos_emb)  # r [H, dh, S], column c = distance S-1-c
+    Q, S, dh = q.size(2), k.size(2), q.size(3)
+    queries = torch.arange(Q, device=q.device)[:, None] + (S - Q)  # context position of query i
+    distance = queries - torch.arange(S, device=q.device)[None, :]  # [Q, S]
+    visible = distance >= 0
+    column = (S - 1 - distance).clamp(0, S - 1)
+    r_ij = r.permute(0, 2, 1)[:, column]  # [H, Q, S, dh]: W_r R_{i+M-j} / sqrt(dh)
+    zero = ~visible
+    scale = 1.0 / math.sqrt(dh)
+    content = torch.einsum("hbqd,hbsd->hbqs", q, k) * scale
+    content_bias = torch.einsum("hd,hbsd->hbs", attn.pos_bias_u, k)[:, :, None, :].expand_as(content) * scale
+    position = torch.einsum("hbqd,hqsd->hbqs", q, r_ij)
+    position_bias = torch.einsum("hd,hqsd->hqs", attn.pos_bias_v, r_ij)[:, None].expand_as(content)
+    return ScoreTerms(*(t.masked_fill(zero, 0.0) for t in (content, position, content_bias, position_bias)),
+                      visible=visible)
+
+
+def attend_with_scores(attn: RelativeAttention, scores: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """``attn``'s output [B, Q, d] from given pre-softmax scores [H, B, Q, S] (eval: no dropout)."""
+    H, B, Q, S = scores.shape
+    v = attn._heads(attn.v_proj(context))  # [H, B, S, dh]
+    out = scores.softmax(dim=-1) @ v  # [H, B, Q, dh]
+    return attn.o_proj(out.permute(1, 2, 0, 3).reshape(B, Q, H * attn.head_dim))

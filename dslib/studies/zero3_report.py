@@ -6,6 +6,7 @@ from typing import Any
 from dslib import viz
 from dslib.parallel.zero_memory import predicted_model_states
 from dslib.plan.memory import model_states
+from dslib.studies import planning_plots
 from dslib.studies.zero3 import ZeroResult
 from dslib.units import MiB
 
@@ -122,3 +123,20 @@ def cluster_evidence(rows: list[dict[str, Any]], note: str = "") -> list[dict[st
                             "after": "memory model: " + r["layout"].replace(", ", " ")},
              "default": "article" in r["layout"], "note": note}
             for r in rows if r["layout"].startswith("ZeRO-3")]
+
+
+def plot_measured_partitioning(results: list[ZeroResult]) -> Any:
+    """Chapter 02's ZeRO partitioning diagram drawn from the bytes each rank measured (stages
+    without offload), scaled to what the stage-0 run holds on one rank; None without a stage-0 run."""
+    plain = [r for r in results if r.offload_optimizer == "none" and r.offload_param == "none"]
+    base = next((r for r in plain if r.stage == 0), None)
+    if base is None:
+        return None
+    # a component's whole: what stage 0 replicates on a rank, or, for one stage 0 does not keep
+    # (DeepSpeed's fp32 master clone), the sum of its partitions over the ranks
+    full = {c: float(base.memory[0].get(c, 0)) or max(sum(m.get(c, 0) for m in r.memory) for r in plain)
+            for c in COMPONENTS}
+    full = {c: b for c, b in full.items() if b > 0}
+    per_rank = {label(r): [{c: float(m.get(c, 0)) for c in COMPONENTS} for m in r.memory] for r in plain}
+    return planning_plots.plot_zero_partitioning(
+        per_rank, full, "Model states each rank holds, measured from DeepSpeed's tensors (before the optimizer step)")
