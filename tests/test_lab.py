@@ -43,7 +43,9 @@ def _wait(driver, script, timeout, what):
         if value:
             return value
         time.sleep(1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    driver.save_screenshot(str(screenshot_dir("lab") / "timed-out.png"))
+    status = driver.execute_script("return document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status")
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (kernel status {status!r}; screenshot timed-out.png)")
 
 
 def _click_menu(driver, menu, command):
@@ -80,8 +82,11 @@ def test_chapter_runs_in_jupyterlab_through_the_ui(chromium, tmp_path):
         chromium.get(f"{base}/lab/tree/{CHAPTER.name}?token={token}")
         opened_at = time.monotonic()
         _wait(chromium, "return document.querySelector('.jp-Notebook .jp-Cell')", 120, "the notebook")
-        _wait(chromium, "return document.querySelector('.jp-StatusBar-Widget')?.parentElement.innerText"
-                        ".includes('Python 3 (ipykernel) | Idle')", 120, "an idle kernel")
+        # the notebook toolbar's kernel name and execution indicator (the status bar's kernel item
+        # is not shown in every JupyterLab layout)
+        _wait(chromium, "return document.querySelector('.jp-KernelName')?.innerText.includes('Python 3 (ipykernel)')"
+                        " && document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status === 'idle'",
+              120, "an idle kernel")
         chromium.save_screenshot(str(shots / "1-opened.png"))
         _click_menu(chromium, "Run", "runmenu:run-all")  # Run > Run All Cells
         ran_at = time.perf_counter()
