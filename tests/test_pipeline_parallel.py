@@ -10,7 +10,8 @@ import pytest
 from dslib.model import flops_per_token
 from dslib.parallel import pipeline
 from dslib.parallel.pipeline import PipeRun, pipe_config, pipe_ds_config, run_pipeline_engines
-from dslib.studies.pipeline_study import (bubble_formula, describe_stages, idle_fraction, layer_flops, run_3d,
+from dslib.parallel.schedules import bubble_1f1b
+from dslib.studies.pipeline_study import (describe_stages, idle_fraction, layer_flops, run_3d,
                                            stage_times, train_reference)
 from dslib.data.shards import corpus_shards
 
@@ -44,7 +45,7 @@ def test_tied_embedding_and_head_stay_equal_on_both_stages(pipe_run):
 def test_timestamps_give_stage_times_and_a_bubble(pipe_run):
     assert all(t > 0 for t in stage_times(pipe_run))
     assert 0 < idle_fraction(pipe_run) < 1
-    assert bubble_formula(2, 1) == 0.5 and bubble_formula(4, 13) == pytest.approx(3 / 16)
+    assert bubble_1f1b(2, 1) == 0.5 and bubble_1f1b(4, 13) == pytest.approx(3 / 16)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -86,10 +87,10 @@ def _ideal_1f1b_run() -> PipeRun:
     return PipeRun("ideal", config, "uniform", 2, [0, 3, 5], [1, 1], [0.0], [[stage0], [stage1]], 0.0)
 
 
-def test_an_ideal_schedule_measures_exactly_the_bubble_formula():
+def test_an_ideal_schedule_measures_exactly_the_bubble_1f1b():
     run = _ideal_1f1b_run()
     assert stage_times(run, skip=0) == [3, 3]
-    assert idle_fraction(run, skip=0) == pytest.approx(bubble_formula(2, 2)) == pytest.approx(1 / 3)
+    assert idle_fraction(run, skip=0) == pytest.approx(bubble_1f1b(2, 2)) == pytest.approx(1 / 3)
     assert describe_stages(run) == "E+2B | N+H"
 
 

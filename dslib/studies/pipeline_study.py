@@ -20,6 +20,7 @@ import torch
 from dslib.data.shards import corpus_shards, load_shards
 from dslib.env import device
 from dslib.model import ModelConfig, TransformerXL, flops_breakdown
+from dslib.parallel.schedules import bubble_1f1b
 from dslib.parallel.pipeline import (BlockPipe, EmbeddingPipe, PipeRun, micro_batch_stream, pipe_config,
                                      pipe_ds_config, run_pipeline_engines)
 from dslib.train.step import OptimizerStepper, train_step
@@ -54,11 +55,6 @@ def idle_fraction(run: PipeRun, skip: int = 1) -> float:
         busy = [sum(min(e, end) - s for name, s, e in rec if name in STAGE_WORK) for rec in records]
         fractions.append(sum(1 - b / (end - start) for b in busy) / len(busy))
     return statistics.median(fractions)
-
-
-def bubble_formula(stages: int, micro_batches: int) -> float:
-    """GPipe/1F1B idle fraction with equal stages and free communication: (p - 1) / (m + p - 1)."""
-    return (stages - 1) / (micro_batches + stages - 1)
 
 
 def layer_flops(config: ModelConfig) -> list[float]:
@@ -116,7 +112,7 @@ def balance_rows(runs: list[PipeRun]) -> list[dict[str, Any]]:
 def bubble_rows(runs: list[PipeRun]) -> list[dict[str, Any]]:
     return [{"micro_batches": run.micro_batches, "partition_method": run.partition_method,
              "stages": describe_stages(run), "measured_idle": idle_fraction(run),
-             "formula_idle": bubble_formula(len(run.parts) - 1, run.micro_batches),
+             "formula_idle": bubble_1f1b(len(run.parts) - 1, run.micro_batches),
              "balance_ratio": _ratio(stage_times(run))} for run in runs]
 
 

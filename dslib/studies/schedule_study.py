@@ -90,7 +90,7 @@ def deepspeed_row(num_layers: int, micro_batches: int, ranks: int, steps: int, m
     """Chapter 06's DeepSpeed 1F1B engine on a TransformerXL of the same width, depth, vocabulary."""
     from dslib.model import count_parameters
     from dslib.parallel.pipeline import pipe_config, run_pipeline_engines
-    from dslib.studies.pipeline_study import bubble_formula, idle_fraction, step_span
+    from dslib.studies.pipeline_study import idle_fraction, step_span
 
     ds = schedule_config()
     config = pipe_config("tiny", num_layers=num_layers, hidden_size=ds.hidden_size, seq_len=ds.seq_len,
@@ -100,7 +100,7 @@ def deepspeed_row(num_layers: int, micro_batches: int, ranks: int, steps: int, m
                                stages=ranks, micro_batch=micro_batch, steps=steps, timeout=timeout)[0]
     return {"engine": "DeepSpeed PipelineEngine (chapter 06)", "model": f"TransformerXL d={config.hidden_size} "
             f"L={num_layers}", "params": count_parameters(config), "micro_batches": micro_batches,
-            "measured_bubble": idle_fraction(run), "formula_bubble": bubble_formula(ranks, micro_batches),
+            "measured_bubble": idle_fraction(run), "formula_bubble": bubble_1f1b(ranks, micro_batches),
             "step_ms": step_span(run) * 1e3, "params_per_stage": run.stage_params}
 
 
