@@ -1,5 +1,5 @@
-"""Chapter 13's expert-parallel runs: equality with one process, the all-to-all bytes,
-node-limited routing's traffic against its loss and balance, and DeepSpeed's MoE layer.
+"""Chapter 13's expert-parallel runs: equality with one process (dp x ep, and pp x ep under 1F1B)
+and the all-to-all bytes, node-limited routing's traffic against its loss and balance, and DeepSpeed's MoE layer.
 
 `*_rank` functions are launch entries (they run inside each rank); the plain functions launch
 them through dslib.dist.launch and return plain dicts for the notebook. Every rank builds the
@@ -22,7 +22,8 @@ from dslib.env import device
 from dslib.model.deepseek import DeepSeekModel
 from dslib.model.deepseek_config import load_deepseek_config
 from dslib.model.moe import Router
-from dslib.parallel import expert
+from dslib.parallel import expert, pipeline_expert
+from dslib.parallel.schedules import StageModule, schedule_config, split_layers
 from dslib.train.step import OptimizerStepper, train_step
 from dslib.viz import new_figure
 
@@ -167,6 +168,107 @@ def ep_equality(nprocs: int = 2, ep: int | None = None, steps: int = 20, batch_s
                   timeout=timeout)
 
 
+def _fail_in_second_micro_batch(rank: int):
+    """A forward pre-hook raising on the stage's second micro-batch: its peers are then waiting
+    inside the schedule (in the all-to-all and the pipeline's receives)."""
+    calls = []
+
+    def hook(_module, _inputs):
+        calls.append(None)
+        if len(calls) == 2:
+            raise RuntimeError(f"pipeline x expert rank {rank} failed on purpose in micro-batch 2")
+    return hook
+
+
+def pp_ep_equality_rank(pp: int = 2, ep: int = 2, steps: int = 20, micro_batch: int = 1, micro_batches: int = 4,
+                        num_layers: int = 4, seed: int = 0, lr: float = 3e-3,
+                        fail_rank: int | None = None) -> dict[str, Any]:
+    """pp x dp x ep (parallel.pipeline_expert) against one process on the global batch, as ep_equality_rank:
+    logits, loss and every gradient after one 1F1B forward/backward, the all-to-all bytes against
+    the formula, then `steps` AdamW steps with bias balancing. The model is the chapter 12 one as
+    the pipeline runs it (schedule_config: MTP and balance losses off), `num_layers` deep."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    groups = pipeline_expert.pipeline_expert_groups(pp, ep)
+    ep_rank, last = dist.get_rank(groups.experts.ep_group), groups.stage == pp - 1
+    torch.manual_seed(seed)
+    config = schedule_config(num_layers=num_layers)
+    initial = DeepSeekModel(config).to(device())
+    n_local = config.moe.n_routed_experts // ep
+    rows = micro_batch * micro_batches
+    batches = global_batches(config.vocab_size, config.seq_len, rows * groups.pipelines, steps + 1, seed)
+    mine = slice(groups.pipeline * rows, (groups.pipeline + 1) * rows)
+    local = [(idx[mine], targets[mine]) for idx, targets in batches]
+
+    reference = copy.deepcopy(initial)
+    module, stage = pipeline_expert.build_stage(copy.deepcopy(initial), groups, micro_batch, device())
+    if rank == fail_rank:
+        module.register_forward_pre_hook(_fail_in_second_micro_batch(rank))
+    calls, handles = capture_routing(StageModule(reference, groups.stage, pp))  # this stage's routers
+    ref_out = reference(batches[0][0], targets=batches[0][1])
+    (ref_out.loss + ref_out.aux_loss).backward()
+    for h in handles:
+        h.remove()
+    expert.reset_a2a()
+    out = pipeline_expert.pipeline_expert_step(pipeline_expert.schedule_1f1b(stage, micro_batches), module, None,
+                                               groups, local[0])
+    expert.all_reduce_gradients(module, groups.experts)
+    ep_pipelines = [groups.pipeline - ep_rank + j for j in range(ep)]  # the batch slices of the ep group
+    result = {"rank": rank, "stage": groups.stage, "pipeline": groups.pipeline,
+              "ep_group": dist.get_process_group_ranks(groups.experts.ep_group),
+              "pp_group": dist.get_process_group_ranks(groups.pp_group),
+              "logits_diff": (out.logits - ref_out.logits[mine]).abs().max().item() if last else None,
+              "loss": out.loss.item() if last else None,
+              **_grad_diffs(reference, module, ep_rank, n_local),
+              "a2a_bytes_formula": expected_a2a_bytes(calls, ep_pipelines, groups.pipeline, n_local,
+                                                      groups.pipelines, config.hidden_size,
+                                                      initial.embed.weight.element_size())}
+    # a stage without MoE layers sends nothing: its directions count 0
+    result.update(a2a_bytes={**dict.fromkeys(result["a2a_bytes_formula"], 0), **expert.A2A_BYTES},
+                  a2a_calls=dict(expert.A2A_CALLS))
+
+    reference = copy.deepcopy(initial)
+    module, stage = pipeline_expert.build_stage(copy.deepcopy(initial), groups, micro_batch, device())
+    schedule = pipeline_expert.schedule_1f1b(stage, micro_batches)
+    ref_stepper = OptimizerStepper(torch.optim.AdamW(reference.parameters(), lr=lr))
+    stepper = expert.ExpertParallelStepper(module, torch.optim.AdamW(module.parameters(), lr=lr), groups.experts)
+    ref_losses, losses = [], []
+    for global_batch, own in zip(batches[1:], local[1:]):
+        ref_losses.append(train_step(reference, global_batch, ref_stepper).loss.item())
+        step = pipeline_expert.pipeline_expert_step(schedule, module, stepper, groups, own)
+        losses.append(step.loss.item() if last else None)
+    ref_bias = [m.bias for m in StageModule(reference, groups.stage, pp).modules() if isinstance(m, Router)]
+    bias = [m.bias for m in module.modules() if isinstance(m, Router)]  # none on a dense-only stage
+    result.update(losses=losses, max_abs_diff_params_after=_param_diff(reference, module, ep_rank, n_local),
+                  max_abs_diff_router_bias=max(((a - b).abs().max().item() for a, b in zip(ref_bias, bias)),
+                                               default=0.0),
+                  router_bias_moved=max((b.abs().max().item() for b in ref_bias), default=None))
+    everyone = [None] * world
+    dist.all_gather_object(everyone, result)
+    ends = [r for r in everyone if r["stage"] == pp - 1]  # one per pipeline: its losses and logits
+    pp_losses = [float(np.mean(step)) for step in zip(*(r["losses"] for r in ends))]
+    return {"world": world, "pp": pp, "ep": ep, "dp": world // (pp * ep), "micro_batches": micro_batches,
+            "ranks": everyone, "ref_losses": ref_losses, "ep_losses": pp_losses,
+            "max_abs_diff_logits": max(r["logits_diff"] for r in ends),
+            "loss_diff": abs(float(np.mean([r["loss"] for r in ends])) - ref_out.loss.item()),
+            "max_abs_diff_grads": max(r["max_abs_diff_grads"] for r in everyone),
+            "max_abs_diff_losses": max(abs(a - b) for a, b in zip(ref_losses, pp_losses)),
+            **{key: max(r[key] for r in everyone)
+               for key in ("max_abs_diff_params_after", "max_abs_diff_router_bias")}}
+
+
+def pp_ep_equality(nprocs: int = 4, pp: int = 2, ep: int = 2, steps: int = 20, micro_batches: int = 4,
+                   num_layers: int = 4, fail_rank: int | None = None, timeout: float = 300) -> dict[str, Any]:
+    """Launch `pp_ep_equality_rank` on `nprocs` ranks: pp x dp x ep, dp = nprocs / (pp ep)."""
+    config = schedule_config(num_layers=num_layers)
+    if nprocs % (pp * ep) or config.moe.n_routed_experts % ep:  # refused before any rank starts
+        raise ValueError(f"pp={pp} x ep={ep} must divide nprocs={nprocs} and ep n_routed_experts="
+                         f"{config.moe.n_routed_experts}")
+    split_layers(num_layers, pp)
+    return launch("dslib.studies.expert_study:pp_ep_equality_rank", nprocs,
+                  dict(pp=pp, ep=ep, steps=steps, micro_batches=micro_batches, num_layers=num_layers,
+                       fail_rank=fail_rank), timeout=timeout)
+
+
 # ---- node-limited routing -----------------------------------------------------------------
 
 def cross_node_traffic(experts: torch.Tensor, n_nodes: int, n_experts: int) -> dict[str, int]:
@@ -306,8 +408,10 @@ def deepspeed_moe_comparison(nprocs: int = 2, tokens: int = 256, steps: int = 5,
 # ---- what the notebook shows -------------------------------------------------------------
 
 def ep_equality_runs(layouts: list[list[int]], steps: int = 20) -> list[dict[str, Any]]:
-    """`ep_equality` for each [ranks, ep] layout, e.g. [[2, 2], [4, 4], [4, 2]] (the last dp2 x ep2)."""
-    return [ep_equality(nprocs=nprocs, ep=ep, steps=steps) for nprocs, ep in layouts]
+    """`ep_equality` for each [ranks, ep] layout, e.g. [[2, 2], [4, 4], [4, 2]] (the last dp2 x ep2),
+    `pp_ep_equality` for each [ranks, ep, pp] one, e.g. [4, 2, 2] (pp2 x ep2, 1F1B)."""
+    return [pp_ep_equality(nprocs=layout[0], ep=layout[1], pp=layout[2], steps=steps) if len(layout) == 3
+            else ep_equality(nprocs=layout[0], ep=layout[1], steps=steps) for layout in layouts]
 
 
 def equality_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -317,9 +421,14 @@ def equality_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
             for key in table[0] if key not in ("layout", "ranks")}
 
 
+def layout_name(run: dict[str, Any]) -> str:
+    """'dp2 x ep2', or 'pp2 x dp1 x ep2' for a pipeline x expert run."""
+    return (f"pp{run['pp']} x " if "pp" in run else "") + f"dp{run['dp']} x ep{run['ep']}"
+
+
 def equality_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per layout of `ep_equality`: max diffs against one process, bytes vs formula."""
-    return [{"layout": f"dp{r['dp']} x ep{r['ep']}", "ranks": r["world"],
+    """One row per layout of `ep_equality` or `pp_ep_equality`: max diffs against one process, bytes vs formula."""
+    return [{"layout": layout_name(r), "ranks": r["world"],
              **{k: r[k] for k in r if k.startswith("max_abs_diff")}, "loss_diff": r["loss_diff"],
              "a2a_bytes_measured": sum(sum(x["a2a_bytes"].values()) for x in r["ranks"]),
              "a2a_bytes_formula": sum(sum(x["a2a_bytes_formula"].values()) for x in r["ranks"])} for r in runs]
@@ -339,7 +448,7 @@ def traffic_figure(run: dict[str, Any], node_rows: list[dict[str, Any]]):
                      label="formula" if i == 0 else None)
     left.set_xticks(np.arange(len(names)) + 0.25, names, rotation=20, fontsize=7)
     left.set_ylabel("KiB sent to other ranks")
-    left.set_title(f"dp{run['dp']} x ep{run['ep']}: one step, all MoE layers", fontsize=9)
+    left.set_title(f"{layout_name(run)}: one step, all MoE layers", fontsize=9)
     left.legend(fontsize=7)
     groups = [r["topk_group"] for r in node_rows]
     right.plot(groups, [r["per_assignment_cross_node_bytes_per_token"] for r in node_rows], "o-",
