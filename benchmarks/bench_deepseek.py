@@ -95,7 +95,7 @@ def bench_moe(token_counts: list[int], rounds: int, per_round: int) -> list[dict
             def moe_step(dispatch):
                 def step():
                     layer.experts.dispatch = dispatch
-                    y = mask_dispatch(layer, x) if dispatch == "mask" else layer(x[None])[0][0]
+                    y = mask_dispatch(layer, x) if dispatch == "mask" else layer(x[None])[0].view_as(x)
                     y.backward(grad)
                 return step
             fns = {"dense": lambda: dense(x).backward(grad)}

@@ -40,9 +40,11 @@ def test_losses_over_20_steps_and_the_weights_equal_one_process(run):
     assert len(run["ep_losses"]) == STEPS
     assert run["ep_losses"][-1] < run["ep_losses"][0]  # it trains
     assert run["max_abs_diff_losses"] < 1e-4
-    # Adam normalises each step, so a round-off in a near-zero gradient moves a weight by up to
-    # lr: 7e-5 measured on ep4 after 20 steps at lr 3e-3 (20 x lr = 6e-2 is the scale)
-    assert run["max_abs_diff_params_after"] < 1e-3
+    # Round-off can flip one token's top-k choice where two affinities nearly tie; that token then
+    # trains another expert and moves its weights by ~lr (on a Xeon, ep4: one step's loss jumps to
+    # 3.5e-5 off, 0.9% of weights end > 1e-4 off, the largest 5.6e-3 = 1.9 lr; ep2: none, 1e-5).
+    # A bug (a missed all-reduce, a wrong expert shard) moves most weights of what it touches.
+    assert run["weights_off_share"] < 0.05
     # the balancing bias moved and moved the same way: loads were all-reduced before its update
     assert all(r["router_bias_moved"] > 0 for r in run["ranks"])
     assert run["max_abs_diff_router_bias"] == 0.0

@@ -86,15 +86,24 @@ def _grad_diffs(reference: torch.nn.Module, net: torch.nn.Module, ep_rank: int, 
     return {"max_abs_diff_grads": worst, "grad_max": grad_max, "grads_compared": compared}
 
 
-def _param_diff(reference: torch.nn.Module, net: torch.nn.Module, ep_rank: int, n_local: int) -> float:
+WEIGHT_ROUNDOFF = 1e-4  # a weight further off than this after the steps counts as "off"
+
+
+def _param_diff(reference: torch.nn.Module, net: torch.nn.Module, ep_rank: int, n_local: int) -> dict[str, float]:
+    """The largest weight difference, and the share of weights off by more than WEIGHT_ROUNDOFF.
+
+    Both runs differ by round-off from the first step (the k expert outputs are summed in another
+    order), and round-off can flip a token's top-k choice where two affinities nearly tie; the
+    flipped token then trains another expert, moving a few weights by ~lr. A bug moves many."""
     ref = dict(reference.named_parameters())
-    worst = 0.0
+    worst, off, total = 0.0, 0, 0
     for name, p in net.named_parameters():
         r = ref[name].detach()
         if name.endswith(EXPERT_WEIGHTS):
             r = r[ep_rank * n_local:(ep_rank + 1) * n_local]
-        worst = max(worst, (p.detach() - r).abs().max().item())
-    return worst
+        diff = (p.detach() - r).abs()
+        worst, off, total = max(worst, diff.max().item()), off + int((diff > WEIGHT_ROUNDOFF).sum()), total + diff.numel()
+    return {"max_abs_diff_params_after": worst, "weights_off_share": off / total}
 
 
 def ep_equality_rank(ep: int, steps: int = 20, batch_size: int = 2, seed: int = 0, lr: float = 3e-3,
@@ -146,13 +155,14 @@ def ep_equality_rank(ep: int, steps: int = 20, batch_size: int = 2, seed: int = 
     ep_bias = torch.cat([m.bias for m in net.modules() if isinstance(m, Router)])
     result.update(ref_losses=ref_losses, ep_losses=ep_losses,
                   max_abs_diff_losses=max(abs(a - b) for a, b in zip(ref_losses, ep_losses)),
-                  max_abs_diff_params_after=_param_diff(reference, net, ep_rank, n_local),
+                  **_param_diff(reference, net, ep_rank, n_local),
                   max_abs_diff_router_bias=(ref_bias - ep_bias).abs().max().item(),
                   router_bias_moved=ref_bias.abs().max().item())
     everyone = [None] * world
     dist.all_gather_object(everyone, result)
     return {"world": world, "ep": ep, "dp": world // ep, "ranks": everyone,
-            **{key: max(r[key] for r in everyone) for key in result if key.startswith("max_abs_diff")},
+            **{key: max(r[key] for r in everyone) for key in result
+               if key.startswith("max_abs_diff") or key == "weights_off_share"},
             "loss_diff": max(r["loss_diff"] for r in everyone), "ref_losses": ref_losses, "ep_losses": ep_losses}
 
 
@@ -238,7 +248,7 @@ def pp_ep_equality_rank(pp: int = 2, ep: int = 2, steps: int = 20, micro_batch: 
         losses.append(step.loss.item() if last else None)
     ref_bias = [m.bias for m in StageModule(reference, groups.stage, pp).modules() if isinstance(m, Router)]
     bias = [m.bias for m in module.modules() if isinstance(m, Router)]  # none on a dense-only stage
-    result.update(losses=losses, max_abs_diff_params_after=_param_diff(reference, module, ep_rank, n_local),
+    result.update(losses=losses, **_param_diff(reference, module, ep_rank, n_local),
                   max_abs_diff_router_bias=max(((a - b).abs().max().item() for a, b in zip(ref_bias, bias)),
                                                default=0.0),
                   router_bias_moved=max((b.abs().max().item() for b in ref_bias), default=None))
@@ -253,7 +263,7 @@ def pp_ep_equality_rank(pp: int = 2, ep: int = 2, steps: int = 20, micro_batch: 
             "max_abs_diff_grads": max(r["max_abs_diff_grads"] for r in everyone),
             "max_abs_diff_losses": max(abs(a - b) for a, b in zip(ref_losses, pp_losses)),
             **{key: max(r[key] for r in everyone)
-               for key in ("max_abs_diff_params_after", "max_abs_diff_router_bias")}}
+               for key in ("max_abs_diff_params_after", "weights_off_share", "max_abs_diff_router_bias")}}
 
 
 def pp_ep_equality(nprocs: int = 4, pp: int = 2, ep: int = 2, steps: int = 20, micro_batches: int = 4,
