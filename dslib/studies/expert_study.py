@@ -427,7 +427,7 @@ def ep_equality_runs(layouts: list[list[int]], steps: int = 20) -> list[dict[str
 def equality_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
     """The worst of every diff over the layouts, and all ranks' all-to-all bytes, measured and formula."""
     table = equality_table(runs)
-    return {key: max(row[key] for row in table) if key.startswith(("max", "loss")) else sum(row[key] for row in table)
+    return {key: max(row[key] for row in table) if key.startswith(("max", "loss", "weights")) else sum(row[key] for row in table)
             for key in table[0] if key not in ("layout", "ranks")}
 
 
@@ -440,8 +440,14 @@ def equality_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per layout of `ep_equality` or `pp_ep_equality`: max diffs against one process, bytes vs formula."""
     return [{"layout": layout_name(r), "ranks": r["world"],
              **{k: r[k] for k in r if k.startswith("max_abs_diff")}, "loss_diff": r["loss_diff"],
+             "weights_off_share": r["weights_off_share"],
              "a2a_bytes_measured": sum(sum(x["a2a_bytes"].values()) for x in r["ranks"]),
              "a2a_bytes_formula": sum(sum(x["a2a_bytes_formula"].values()) for x in r["ranks"])} for r in runs]
+
+
+def traffic_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last run without a pipeline: its ranks all hold MoE layers, so every bar has both layers."""
+    return [run for run in runs if "pp" not in run][-1]
 
 
 def traffic_figure(run: dict[str, Any], node_rows: list[dict[str, Any]]):
