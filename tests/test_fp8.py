@@ -184,9 +184,15 @@ def test_study_loss_gaps_pair_seeds_and_layer_errors_respect_the_tile_bound():
     model = build_model(load_deepseek_config("deepseek_tiny"), seed=0)
     idx = torch.randint(0, 512, (2, 32))
     rows = layer_errors(model, (idx, idx.roll(-1, 1)))
-    converted = [n for n, d in apply_fp8(build_model(load_deepseek_config("deepseek_tiny")), BLOCKWISE).items()
-                 if d == "fp8"]
-    assert sorted({r["layer"] for r in rows}) == sorted(converted)
+    fp8_model = build_model(load_deepseek_config("deepseek_tiny"))
+    converted = [n for n, d in apply_fp8(fp8_model, BLOCKWISE).items() if d == "fp8"]
+    experts = [n for n in converted if isinstance(fp8_model.get_submodule(n), FP8RoutedExperts)]
+    assert len(experts) == 2  # one row per stacked GEMM of each
+    assert sorted({r["layer"] for r in rows}) == sorted(
+        [n for n in converted if n not in experts] + [f"{n}.{gemm}" for n in experts for gemm in ("gate_up", "down")])
+    assert {r["shape"] for r in rows if r["layer"] == "blocks.1.ffn.experts.down" and r["tensor"] == "weight"} == {"8x32x64"}
+    assert all(type(m) is RoutedExperts and not hasattr(m, "kept") for m in model.modules()
+               if isinstance(m, RoutedExperts))  # the capture gave the experts back as they were
     assert {r["tensor"] for r in rows} == {"activation", "gradient", "weight"}
     assert max(r["worst_tile_error"] for r in rows) <= 16 / E4M3_MAX * (1 + 1e-6)
     small, large = outlier_sweep([1.0, 1e6])
