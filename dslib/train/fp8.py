@@ -304,7 +304,8 @@ def fp8_experts(experts: RoutedExperts, recipe: FP8Recipe) -> RoutedExperts:
 
 
 def fp8_exclusion(name: str, excluded: dict[str, str] = FP8_EXCLUDED) -> str | None:
-    """Why the Linear called ``name`` stays in high precision, or None when it goes to FP8."""
+    """Why the GEMM module (a Linear, or routed experts) called ``name`` stays in high precision,
+    or None when it goes to FP8."""
     return next((why for pattern, why in excluded.items() if re.search(pattern, name)), None)
 
 
@@ -337,7 +338,7 @@ def scaled_mm_support(device: torch.device | str = "cpu", m: int = 32, k: int = 
                       experts: int = 2) -> list[dict[str, str]]:
     """Which scale layouts torch._scaled_mm / F.scaled_mm, and their grouped forms
     torch._scaled_grouped_mm / F.scaled_grouped_mm (a [m, k] in ``experts`` slices of rows times
-    b [experts, k, n]; BF16 output, the only one they allow), accept on ``device``: one row per
+    b [experts, k, n]; BF16 output, the only one torch._scaled_grouped_mm's checks allow), accept on ``device``: one row per
     layout with "ok" or the error's first line (what this module's GEMMs can rely on)."""
     device = torch.device(device)
     a = torch.randn(m, k, device=device).to(E4M3)
