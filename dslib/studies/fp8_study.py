@@ -2,15 +2,16 @@
 scaling on the real activations, gradients and weights of the DeepSeek-style model, and training
 over the same batches in FP32, BF16 (autocast), FP8 per-tensor and FP8 fine-grained, per seed.
 
-The FP8 runs convert the model's Linear layers with dslib.train.fp8.apply_fp8 and keep the rest
-(embedding, head, norms, router, attention core, routed experts) in FP32; BF16 is the chapter 07
-autocast. Every step is the book's one step (dslib.train.step.train_step) with AdamW on FP32
+The FP8 runs convert the model's Linear layers and its routed experts' two stacked GEMMs with
+dslib.train.fp8.apply_fp8 and keep the rest (embedding, head, norms, router, attention core) in
+FP32; BF16 is the chapter 07 autocast. Every step is the book's one step (dslib.train.step.train_step) with AdamW on FP32
 master weights. Step times are reported, never asserted.
 """
 from __future__ import annotations
 
 import statistics
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -22,6 +23,7 @@ from dslib.data.loader import StreamLoader
 from dslib.data.shards import build_shards
 from dslib.env import synchronize
 from dslib.model import DeepSeekConfig, build_model, load_deepseek_config
+from dslib.model.moe import RoutedExperts
 from dslib.train.fp8 import E4M3_MAX, E4M3_RELATIVE_ERROR, FP8Recipe, Scaled, apply_fp8, fp8_exclusion, quantise_per_tensor
 from dslib.train.step import Batch, OptimizerStepper, train_step
 from dslib.viz import new_figure
@@ -53,11 +55,50 @@ def _worst_tile_error(q: Scaled, x: torch.Tensor) -> float:
     return float(((q.dequantise() - x).abs() / tile_amax.clamp(min=1e-30)).max())
 
 
-def capture_linear_tensors(model: nn.Module, batch: Batch) -> dict[str, dict[str, torch.Tensor]]:
-    """One FP32 forward and backward: per Linear that apply_fp8 would convert, its input
-    (activation [tokens, K]), output gradient ([tokens, N]) and weight ([N, K])."""
+class _KeepingExperts(RoutedExperts):
+    """RoutedExperts that keeps its two GEMMs' inputs and outputs (gradients retained) for one
+    capture; its class is swapped in for the capture only."""
+
+    kept: dict[str, list[torch.Tensor]]
+
+    def _grouped(self, xs: torch.Tensor, gates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        return self._keep(super()._grouped, xs, gates, counts)
+
+    def _loop(self, xs: torch.Tensor, gates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        return self._keep(super()._loop, xs, gates, counts)
+
+    def _keep(self, run, xs: torch.Tensor, gates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        self.kept["gate_up_in"].append(xs)
+        ys = run(xs, gates, counts)
+        ys.retain_grad()
+        self.kept["down_out"].append(ys)
+        return ys
+
+    def _activation(self, gate_up: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        gate_up.retain_grad()  # one call for grouped_mm, one per expert for the loop: in expert order
+        self.kept["gate_up_out"].append(gate_up)
+        out = RoutedExperts._activation(gate_up, gates)
+        self.kept["down_in"].append(out)
+        return out
+
+    def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per stacked GEMM: activation [assignments, K], output gradient [assignments, N], weight [E, K, N]."""
+        cat = lambda key, grad=False: torch.cat([t.grad if grad else t for t in self.kept[key]]).detach()  # noqa: E731
+        return {"gate_up": {"weight": self.gate_up.detach().clone(), "activation": cat("gate_up_in"),
+                            "gradient": cat("gate_up_out", grad=True)},
+                "down": {"weight": self.down.detach().clone(), "activation": cat("down_in"),
+                         "gradient": cat("down_out", grad=True)}}
+
+
+def capture_gemm_tensors(model: nn.Module, batch: Batch) -> dict[str, dict[str, torch.Tensor]]:
+    """One FP32 forward and backward: per GEMM that apply_fp8 would convert (each Linear, and
+    the gate_up and down GEMMs of each RoutedExperts, all experts' slices together), its input
+    (activation [tokens, K]), output gradient ([tokens, N]) and weight ([N, K]; [E, K, N] for
+    the experts' stacked weights)."""
     captured: dict[str, dict[str, torch.Tensor]] = {}
     handles = []
+    experts = {name: m for name, m in model.named_modules()
+               if type(m) is RoutedExperts and fp8_exclusion(name) is None}
 
     def hook(name: str):
         def record(module: nn.Linear, inputs: tuple, output: torch.Tensor) -> None:
@@ -70,24 +111,33 @@ def capture_linear_tensors(model: nn.Module, batch: Batch) -> dict[str, dict[str
         if type(module) is nn.Linear and fp8_exclusion(name) is None:
             handles.append(module.register_forward_hook(hook(name)))
     try:
+        for module in experts.values():
+            module.__class__, module.kept = _KeepingExperts, defaultdict(list)
         model.zero_grad(set_to_none=True)
         idx, targets = batch
         out = model(idx, targets=targets)
         (out.loss + out.aux_loss).backward()
         model.zero_grad(set_to_none=True)
+        for name, module in experts.items():
+            captured.update({f"{name}.{gemm}": t for gemm, t in module.tensors().items()})
     finally:
         for h in handles:
             h.remove()
+        for module in experts.values():
+            module.__class__ = RoutedExperts
+            vars(module).pop("kept", None)
     return captured
 
 
 def layer_errors(model: nn.Module, batch: Batch, tile: int = 128) -> list[dict[str, Any]]:
-    """Per converted layer and tensor (activation, gradient, weight): the relative error
+    """Per converted GEMM and tensor (activation, gradient, weight): the relative error
     ||x_hat - x|| / ||x|| of per-tensor and of fine-grained E4M3, their ratio, the worst tile's
-    error over its amax, and the tensor's dynamic range amax / median |x|."""
+    error over its amax, and the tensor's dynamic range amax / median |x|. The routed experts'
+    rows are "<experts>.gate_up" and "<experts>.down", all experts' tokens together; their weight
+    is fine-grained in 128 x 128 blocks per expert, per-tensor with one scale for the stack."""
     fine = FP8Recipe("blockwise", tile)
     rows = []
-    for layer, tensors in capture_linear_tensors(model, batch).items():
+    for layer, tensors in capture_gemm_tensors(model, batch).items():
         for kind, x in tensors.items():
             q = fine.weight(x) if kind == "weight" else fine.activation(x, 1)  # tiles along the GEMM's K
             per_tensor, blockwise = _relative_error(quantise_per_tensor(x), x), _relative_error(q, x)

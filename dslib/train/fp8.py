@@ -31,9 +31,24 @@ Each Linear runs its three GEMMs in FP8 (V3's Figure 6), master weights and grad
 The forward keeps x in FP8 for the backward, as V3 caches FP8 activations; wgrad dequantises
 and re-quantises it along the tokens (the double rounding V3's section 3.5.2 asks hardware to
 remove).
+
+The routed experts (V3 runs them in FP8 too) are the same three GEMMs per expert on its
+contiguous slice of the tokens sorted by expert, with the weights stored [K, N] per expert
+(gate_up [E, d, 2 ff], down [E, ff, d]): x tiled 1 x 128 per token, each expert's weight in
+its own 128 x 128 blocks, wgrad tiled along that expert's tokens (a slice of any length; an
+expert without tokens gets a zero gradient). torch 2.13 has grouped scaled GEMMs
+(torch._scaled_grouped_mm, F.scaled_grouped_mm) but no CPU kernel for them
+(NotImplementedError, `scaled_mm_support`); torch._scaled_grouped_mm's shape checks (its meta
+kernel, which mirrors the CUDA one) allow row-wise scales and a BF16 output only, which would
+round each 128-wide K-slice to BF16 before the FP32 promotion. The grouped FP8 GEMM here is
+``scaled_matmul`` per expert instead: the real FP8 op, one call per expert and K-slice.
+Per-tensor scaling gives the whole sorted activation one scale and the stacked weight one (in
+wgrad, each expert's slice one: the operands of its own GEMM).
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -41,6 +56,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dslib.model.moe import RoutedExperts
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max  # 448.0
@@ -64,37 +81,54 @@ FP8_EXCLUDED: dict[str, str] = {
 
 @dataclass
 class Scaled:
-    """An FP8 matrix with its FP32 scales: data [R, C] ~ x / scale, one scale per ``block``
-    (scale [ceil(R / block_rows), ceil(C / block_cols)])."""
+    """An FP8 matrix, or a stack of them, with FP32 scales: data [..., R, C] ~ x / scale, one
+    scale per ``block`` of each matrix (scale [..., ceil(R / block_rows), ceil(C / block_cols)])."""
     data: torch.Tensor
     scale: torch.Tensor
     block: tuple[int, int]
 
     def dequantise(self) -> torch.Tensor:
-        rows, cols = self.data.shape
-        scale = self.scale.repeat_interleave(self.block[0], 0).repeat_interleave(self.block[1], 1)
-        return self.data.float() * scale[:rows, :cols]
+        rows, cols = self.data.shape[-2:]
+        scale = self.scale.repeat_interleave(self.block[0], -2).repeat_interleave(self.block[1], -1)
+        return self.data.float() * scale[..., :rows, :cols]
 
     def t(self) -> "Scaled":
         """The transpose: a block scale transposes with its block, nothing is re-quantised."""
-        return Scaled(self.data.t(), self.scale.t(), (self.block[1], self.block[0]))
+        return Scaled(self.data.mT, self.scale.mT, (self.block[1], self.block[0]))
+
+    def __getitem__(self, index: int) -> "Scaled":
+        """Matrix ``index`` of a stack (one expert's weight)."""
+        return Scaled(self.data[index], self.scale[index], self.block)
+
+    def rows(self, start: int, stop: int) -> "Scaled":
+        """Rows start:stop of a matrix scaled per row tile (block 1 x C) or per tensor."""
+        if self.block[0] == 1:
+            return Scaled(self.data[start:stop], self.scale[start:stop], self.block)
+        if self.scale.size(0) == 1:
+            return Scaled(self.data[start:stop], self.scale, self.block)
+        raise ValueError(f"rows of {self.block} blocks would split a block")
 
 
 def quantise(x: torch.Tensor, block: tuple[int, int]) -> Scaled:
-    """x [R, C] (any float) -> E4M3 data with one scale per block (edge blocks may be partial)."""
-    rows, cols = x.shape
-    br, bc = min(block[0], rows), min(block[1], cols)
+    """x [..., R, C] (any float) -> E4M3 data with one scale per block of each matrix (edge
+    blocks may be partial; an empty matrix gives empty data)."""
+    *lead, rows, cols = x.shape
+    br, bc = max(1, min(block[0], rows)), max(1, min(block[1], cols))
     nr, nc = -(-rows // br), -(-cols // bc)
-    padded = F.pad(x.float(), (0, nc * bc - cols, 0, nr * br - rows)).view(nr, br, nc, bc)
-    amax = padded.abs().amax(dim=(1, 3))  # [nr, nc]
+    padded = F.pad(x.float(), (0, nc * bc - cols, 0, nr * br - rows)).view(*lead, nr, br, nc, bc)
+    amax = padded.abs().amax(dim=(-3, -1))  # [..., nr, nc]
     scale = amax.clamp(min=torch.finfo(torch.float32).tiny) / E4M3_MAX
     # clamp: a value rounded just above 448 would become NaN (E4M3 has no infinity)
-    data = (padded / scale[:, None, :, None]).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
-    return Scaled(data.view(nr * br, nc * bc)[:rows, :cols], scale, (br, bc))
+    data = (padded / scale[..., :, None, :, None]).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+    return Scaled(data.view(*lead, nr * br, nc * bc)[..., :rows, :cols], scale, (br, bc))
 
 
 def quantise_per_tensor(x: torch.Tensor) -> Scaled:
-    return quantise(x, tuple(x.shape))
+    """One scale for all of x, a matrix or a stack [..., R, C] (each matrix one block of that scale)."""
+    if x.dim() == 2:
+        return quantise(x, tuple(x.shape))
+    flat = quantise(x.flatten(0, -2), (x.numel() // x.size(-1), x.size(-1)))
+    return Scaled(flat.data.view(x.shape), flat.scale.expand(*x.shape[:-2], 1, 1), tuple(x.shape[-2:]))
 
 
 def _column_major(t: torch.Tensor) -> torch.Tensor:
@@ -105,11 +139,13 @@ def _column_major(t: torch.Tensor) -> torch.Tensor:
 def scaled_matmul(a: Scaled, b: Scaled) -> torch.Tensor:
     """a [M, K] @ b [K, N] -> FP32 [M, N] with torch._scaled_mm.
 
-    Both per-tensor: one tensor-wise call. Otherwise a's block along K must equal b's: one
-    row-wise call per K-slice (a's scale per row, b's per column), summed in FP32.
+    Both per-tensor on CUDA: one tensor-wise call. Otherwise a's block along K must equal b's:
+    one row-wise call per K-slice (a's scale per row, b's per column), summed in FP32. On CPU
+    per-tensor scales go in as row-wise ones (one slice, the same products): torch 2.13's CPU
+    kernel for singleton scales is a slow path, 20-50x the row-wise call on the same data here.
     """
     out = torch.float32
-    if a.scale.numel() == 1 and b.scale.numel() == 1:
+    if a.scale.numel() == 1 and b.scale.numel() == 1 and a.data.is_cuda:
         return torch._scaled_mm(a.data, _column_major(b.data), scale_a=a.scale.reshape(()),
                                 scale_b=b.scale.reshape(()), out_dtype=out)
     k = a.block[1]
@@ -124,6 +160,15 @@ def scaled_matmul(a: Scaled, b: Scaled) -> torch.Tensor:
                                   scale_a=row_scale[:, i:i + 1].contiguous(),
                                   scale_b=col_scale[i:i + 1].contiguous(), out_dtype=out)
     return total
+
+
+def grouped_scaled_matmul(a: Scaled, b: Scaled, sizes: list[int]) -> torch.Tensor:
+    """Rows of a [A, K] grouped by expert (the first sizes[0] rows for expert 0, ...) times that
+    expert's b[e] [K, N] (b a stack [E, K, N]) -> FP32 [A, N]: one ``scaled_matmul`` per expert
+    on its contiguous slice (torch 2.13 has no CPU kernel for _scaled_grouped_mm). ``a`` is
+    scaled per row tile or per tensor, so a slice keeps its scales."""
+    starts = [0, *itertools.accumulate(sizes)]
+    return torch.cat([scaled_matmul(a.rows(starts[e], starts[e + 1]), b[e]) for e in range(len(sizes))])
 
 
 @dataclass(frozen=True)
@@ -144,6 +189,7 @@ class FP8Recipe:
         return quantise(x, (1, self.tile) if contraction_dim == 1 else (self.tile, 1))
 
     def weight(self, w: torch.Tensor) -> Scaled:
+        """A weight [N, K], or a stack of expert weights [E, K, N] (blocks per expert; per-tensor: one scale for the stack)."""
         return quantise_per_tensor(w) if self.scaling == "tensorwise" else quantise(w, (self.tile, self.tile))
 
 
@@ -166,6 +212,36 @@ class _FP8Matmul(torch.autograd.Function):
         x = Scaled(x_data, x_scale, ctx.blocks[0]).dequantise()
         dw = scaled_matmul(recipe.activation(dy.t(), 1), recipe.activation(x, 0))  # wgrad: contracts M
         return dx, dw, None
+
+
+class _FP8GroupedMatmul(torch.autograd.Function):
+    """y[rows of e] = x[rows of e] W[e] with fprop, dgrad and wgrad in FP8 (x [A, K] sorted by
+    expert, sizes[e] rows each; W [E, K, N], stored [K, N] per expert, unlike nn.Linear's [N, K])."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, sizes: list[int], recipe: FP8Recipe) -> torch.Tensor:
+        xq, wq = recipe.activation(x, 1), recipe.weight(weight)  # 1 x 128 per token; 128 x 128 per expert
+        ctx.save_for_backward(xq.data, xq.scale, wq.data, wq.scale)  # FP8 activations kept
+        ctx.blocks, ctx.sizes, ctx.recipe = (xq.block, wq.block), sizes, recipe
+        return grouped_scaled_matmul(xq, wq, sizes)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        x_data, x_scale, w_data, w_scale = ctx.saved_tensors
+        recipe, sizes, dy = ctx.recipe, ctx.sizes, dy.float()
+        wq = Scaled(w_data, w_scale, ctx.blocks[1])
+        dx = grouped_scaled_matmul(recipe.activation(dy, 1), wq.t(), sizes)  # dgrad: contracts N
+        x = Scaled(x_data, x_scale, ctx.blocks[0]).dequantise()
+        # wgrad contracts each expert's own tokens: tiles along its slice (an empty slice gives zeros)
+        dw = torch.stack([scaled_matmul(recipe.activation(x_e.t(), 1), recipe.activation(dy_e, 0))
+                          for x_e, dy_e in zip(x.split(sizes), dy.split(sizes))])
+        return dx, dw, None, None
+
+
+def fp8_grouped_matmul(x: torch.Tensor, weight: torch.Tensor, sizes: list[int], recipe: FP8Recipe) -> torch.Tensor:
+    """F.grouped_mm with its GEMMs in FP8: x [A, K] sorted by expert (sizes [E] rows each),
+    weight [E, K, N] -> FP32 [A, N]."""
+    return _FP8GroupedMatmul.apply(x, weight, sizes, recipe)
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, recipe: FP8Recipe) -> torch.Tensor:
@@ -193,35 +269,82 @@ class FP8Linear(nn.Linear):
         return f"{super().extra_repr()}, fp8={self.recipe.scaling}, tile={self.recipe.tile}"
 
 
+class FP8RoutedExperts(RoutedExperts):
+    """RoutedExperts whose two stacked GEMMs (gate_up, down) run in FP8; the stacked weights stay
+    the FP32 master parameters. The FP8 GEMM runs per expert on any device and dtype, so both
+    dispatches ("grouped_mm" and "loop") take it."""
+
+    recipe: FP8Recipe
+
+    def _grouped(self, xs: torch.Tensor, gates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        sizes = counts.tolist()  # one host sync for the slice sizes
+        h = fp8_grouped_matmul(xs, self.gate_up, sizes, self.recipe)  # [A, 2 ff]
+        return fp8_grouped_matmul(self._activation(h, gates), self.down, sizes, self.recipe)
+
+    def _loop(self, xs: torch.Tensor, gates: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        return self._grouped(xs, gates, counts)
+
+    def extra_repr(self) -> str:
+        return f"fp8={self.recipe.scaling}, tile={self.recipe.tile}"
+
+
+@functools.cache
+def _fp8_experts_class(cls: type[RoutedExperts]) -> type[RoutedExperts]:
+    """FP8RoutedExperts for RoutedExperts; for a subclass that keeps the call to _grouped/_loop
+    (expert parallel's shard, whose forward adds the all-to-alls) the same override over it."""
+    return FP8RoutedExperts if cls is RoutedExperts else type(f"FP8{cls.__name__}", (FP8RoutedExperts, cls), {})
+
+
+def fp8_experts(experts: RoutedExperts, recipe: FP8Recipe) -> RoutedExperts:
+    """``experts`` itself, its class swapped for the FP8 one: the same module and Parameters
+    (an optimizer's references stay valid), its sharding attributes kept."""
+    experts.__class__ = _fp8_experts_class(type(experts))
+    experts.recipe = recipe
+    return experts
+
+
 def fp8_exclusion(name: str, excluded: dict[str, str] = FP8_EXCLUDED) -> str | None:
-    """Why the Linear called ``name`` stays in high precision, or None when it goes to FP8."""
+    """Why the GEMM module (a Linear, or routed experts) called ``name`` stays in high precision,
+    or None when it goes to FP8."""
     return next((why for pattern, why in excluded.items() if re.search(pattern, name)), None)
 
 
 def apply_fp8(model: nn.Module, recipe: FP8Recipe, excluded: dict[str, str] = FP8_EXCLUDED) -> dict[str, str]:
-    """Swap every nn.Linear of ``model`` for an FP8Linear in place, except the excluded ones.
+    """Swap every nn.Linear of ``model`` for an FP8Linear, and turn every RoutedExperts (its two
+    stacked GEMMs) into FP8 ones, in place, except the excluded ones.
 
     Applied from outside (the model stays plain). Returns qualified name -> "fp8" or the reason it
-    was kept. The routed experts' stacked weights (F.grouped_mm, no nn.Linear) stay FP32 here.
+    was kept. Expert parallel: apply it after dslib.parallel.expert.parallelize_experts (which
+    builds new, plain shards from the experts it finds); each shard then runs its experts in FP8.
     """
     decisions: dict[str, str] = {}
     for name, module in list(model.named_modules()):
-        if type(module) is not nn.Linear:
+        is_experts = isinstance(module, RoutedExperts) and not isinstance(module, FP8RoutedExperts)
+        if type(module) is not nn.Linear and not is_experts:
             continue
         why = fp8_exclusion(name, excluded)
         decisions[name] = why or "fp8"
-        if why is None:
+        if why is not None:
+            continue
+        if is_experts:
+            fp8_experts(module, recipe)
+        else:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, FP8Linear.from_linear(module, recipe))
     return decisions
 
 
-def scaled_mm_support(device: torch.device | str = "cpu", m: int = 32, k: int = 256, n: int = 256) -> list[dict[str, str]]:
-    """Which scale layouts torch._scaled_mm / F.scaled_mm accept on ``device``: one row per
-    layout with "ok" or the error's first line (what this module's GEMM can rely on)."""
+def scaled_mm_support(device: torch.device | str = "cpu", m: int = 32, k: int = 256, n: int = 256,
+                      experts: int = 2) -> list[dict[str, str]]:
+    """Which scale layouts torch._scaled_mm / F.scaled_mm, and their grouped forms
+    torch._scaled_grouped_mm / F.scaled_grouped_mm (a [m, k] in ``experts`` slices of rows times
+    b [experts, k, n]; BF16 output, the only one torch._scaled_grouped_mm's checks allow), accept on ``device``: one row per
+    layout with "ok" or the error's first line (what this module's GEMMs can rely on)."""
     device = torch.device(device)
     a = torch.randn(m, k, device=device).to(E4M3)
     b = torch.randn(n, k, device=device).to(E4M3).t()  # column-major, as CUDA requires
+    stacked = torch.randn(experts, n, k, device=device).to(E4M3).mT  # [E, k, n], column-major
+    offs = torch.arange(1, experts + 1, device=device, dtype=torch.int32) * (m // experts)  # slice ends
     ones = lambda *shape: torch.ones(*shape, device=device)  # noqa: E731
     kind = F.ScalingType
     layouts = {
@@ -234,6 +357,13 @@ def scaled_mm_support(device: torch.device | str = "cpu", m: int = 32, k: int = 
         "block-wise 1x128 x 128x128 (F.scaled_mm)": lambda: F.scaled_mm(
             a, b, ones(m, k // TILE), kind.BlockWise1x128, ones(n // TILE, k // TILE), kind.BlockWise128x128,
             output_dtype=torch.float32),
+        "grouped row-wise (a [M], b [E,N]) (_scaled_grouped_mm)": lambda: torch._scaled_grouped_mm(
+            a, stacked, scale_a=ones(m), scale_b=ones(experts, n), offs=offs, out_dtype=torch.bfloat16),
+        "grouped row-wise (F.scaled_grouped_mm)": lambda: F.scaled_grouped_mm(
+            a, stacked, ones(m), kind.RowWise, ones(experts, n), kind.RowWise, offs=offs, output_dtype=torch.bfloat16),
+        "grouped block-wise 1x128 x 128x128 (F.scaled_grouped_mm)": lambda: F.scaled_grouped_mm(
+            a, stacked, ones(m, k // TILE), kind.BlockWise1x128, ones(experts, n // TILE, k // TILE),
+            kind.BlockWise128x128, offs=offs, output_dtype=torch.bfloat16),
     }
     rows = []
     for name, call in layouts.items():
