@@ -327,3 +327,12 @@ def test_apply_fp8_on_an_expert_parallel_model_runs_its_shards_in_fp8(single_ran
     assert abs(loss_sharded - loss_plain) / loss_plain < 1e-3
     for name, g in grads_plain.items():
         assert (grads_sharded[name] - g).norm() / g.norm() < 0.1
+
+
+def test_expert_parallel_after_apply_fp8_is_refused(single_rank_group):
+    """Sharding FP8 experts would build plain shards and silently drop FP8: refused, naming the order."""
+    from dslib.parallel.expert import parallelize_experts
+    model = build_model(load_deepseek_config("deepseek_tiny"), seed=0)
+    apply_fp8(model, BLOCKWISE)
+    with pytest.raises(TypeError, match="before apply_fp8"):
+        parallelize_experts(model, single_rank_group)

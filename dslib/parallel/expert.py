@@ -142,9 +142,15 @@ def expert_groups(ep: int) -> ExpertGroups:
 
 
 def parallelize_experts(model: nn.Module, group) -> nn.Module:
-    """Replace every DeepSeekMoE's routed experts (main blocks and MTP) by this rank's shard."""
+    """Replace every DeepSeekMoE's routed experts (main blocks and MTP) by this rank's shard.
+
+    Shard plain experts only: a subclass (e.g. FP8's) would lose its GEMMs in the plain shard,
+    so apply such changes after this call."""
     for module in model.modules():
         if isinstance(module, DeepSeekMoE) and not isinstance(module.experts, ExpertParallelExperts):
+            if type(module.experts) is not RoutedExperts:
+                raise TypeError(f"parallelize_experts shards plain RoutedExperts, not {type(module.experts).__name__}: "
+                                "apply it before apply_fp8 or other expert changes")
             module.experts = ExpertParallelExperts(module.experts, group)
     return model
 
