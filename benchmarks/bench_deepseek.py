@@ -78,6 +78,20 @@ def experts_only(layer: DeepSeekMoE, x: torch.Tensor, grad: torch.Tensor) -> Cal
     return step
 
 
+def as_in_training(step: Callable[[], None], *modules: torch.nn.Module | torch.Tensor) -> Callable[[], None]:
+    """`step`, then the gradients dropped as the optimizer's zero_grad(set_to_none=True) does: each
+    backward writes fresh gradients instead of adding into the last ones (for the MoE, E experts'
+    worth of weights, far more than the dense layer's)."""
+    def run() -> None:
+        step()
+        for m in modules:
+            if isinstance(m, torch.Tensor):
+                m.grad = None
+            else:
+                m.zero_grad(set_to_none=True)
+    return run
+
+
 def bench_moe(token_counts: list[int], rounds: int, per_round: int) -> list[dict]:
     rows = []
     for tokens in token_counts:
@@ -101,7 +115,8 @@ def bench_moe(token_counts: list[int], rounds: int, per_round: int) -> list[dict
             fns = {"dense": lambda: dense(x).backward(grad)}
             fns.update({f"moe_{k}": moe_step(k) for k in ("grouped_mm", "loop", "mask")})
             fns["experts_only"] = experts_only(layer, x, grad)
-            seconds = interleaved_seconds(fns, rounds, per_round)
+            seconds = interleaved_seconds({k: as_in_training(f, dense, layer, x) for k, f in fns.items()},
+                                          rounds, per_round)
             for variant, s in seconds.items():
                 rows.append({"shape": name, "hidden": d, **settings, "tokens": tokens, "variant": variant,
                              "fwd_bwd_ms": 1e3 * s, "vs_dense": s / seconds["dense"]})
