@@ -1,8 +1,8 @@
 """torch.distributed.pipelining schedules on 2 and 4 gloo ranks: each equals one process, holds the
 activations its formula says; formulas by hand; the activation meter frees what autograd frees.
 
-One launch of 2 ranks (~20-40 s on 2 shared cores) and one of 4 (8 layers, one per stage for the
-two-stages-per-rank schedules; ~20 s, 4 ranks oversubscribing 2 cores). Tolerances: step 1's loss
+One launch of 2 ranks (~7 s here) and one of 4 (8 layers, one per stage for the two-stages-per-rank
+schedules; ~11 s, 4 ranks oversubscribing 2 cores). Tolerances: step 1's loss
 and the gradients are the same sums in another order (1e-6); later losses follow AdamW steps,
 whose normalisation lifts float rounding of near-zero gradients to ~1e-4 in the loss (measured up
 to 1.0e-4 here). Micro-batches in flight (a rank's peak saved bytes / one micro-batch's) match the

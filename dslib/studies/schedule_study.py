@@ -120,7 +120,8 @@ def deepspeed_row(run) -> dict[str, Any]:
             "params": count_parameters(config), "ranks": ranks, "micro_batches": run.micro_batches,
             "measured_bubble": idle_fraction(run), "formula_bubble": bubble_1f1b(ranks, run.micro_batches),
             "step_ms": step_span(run) * 1e3, "F_ms": chunk["ForwardPass"] * 1e3, "B_ms": chunk["BackwardPass"] * 1e3,
-            "params_per_stage": run.stage_params, "peak_activation_kib": [round(b / 1024) for b in run.peak_activation_bytes]}
+            "params_per_stage": run.stage_params,
+            "peak_activation_kib": [round(b / 1024) for b in run.peak_activation_bytes]}
 
 
 def memory_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -139,7 +140,8 @@ def memory_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             for rank, peak in enumerate(run.rank_peak_activation_bytes):
                 stages = stages_of_rank(run.schedule, rank, run.ranks)
                 unit = sum(run.micro_batch_activation_bytes[s] for s in stages)
-                row("torch.distributed.pipelining", run.schedule, run.ranks, run.micro_batches, rank, stages, peak, unit)
+                row("torch.distributed.pipelining", run.schedule, run.ranks, run.micro_batches, rank, stages, peak,
+                    unit)
     for ds in result["deepspeed_runs"]:
         for stage, (peak, unit) in enumerate(zip(ds.peak_activation_bytes, ds.micro_batch_activation_bytes)):
             row("DeepSpeed PipelineEngine", "1F1B", len(ds.events), ds.micro_batches, stage, [stage], peak, unit)
