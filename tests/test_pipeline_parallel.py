@@ -23,7 +23,7 @@ TINY = {"num_layers": 3}
 def pipe_run():
     config = pipe_config("tiny", **TINY)
     return run_pipeline_engines([{"config": config, "partition_method": "type:BlockPipe", "micro_batches": M}],
-                        stages=2, micro_batch=MICRO, steps=STEPS)[0]
+                        stages=2, micro_batch=MICRO, steps=STEPS, measure_activations=True)[0]
 
 
 def test_pipeline_loss_equals_single_process_loss(pipe_run):
@@ -46,6 +46,12 @@ def test_timestamps_give_stage_times_and_a_bubble(pipe_run):
     assert all(t > 0 for t in stage_times(pipe_run))
     assert 0 < idle_fraction(pipe_run) < 1
     assert bubble_1f1b(2, 1) == 0.5 and bubble_1f1b(4, 13) == pytest.approx(3 / 16)
+
+
+def test_deepspeed_1f1b_holds_p_minus_stage_micro_batches(pipe_run):
+    # what each ForwardPass saves for backward (the loss too, on the last stage), counted while it lives
+    in_flight = [peak / one for peak, one in zip(pipe_run.peak_activation_bytes, pipe_run.micro_batch_activation_bytes)]
+    assert in_flight == pytest.approx([min(M, 2 - stage) for stage in range(2)], rel=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
@@ -40,6 +41,7 @@ from dslib.model import ModelConfig, TransformerXL, load_config, sinusoidal_embe
 from dslib.model.transformer_xl import Block
 from dslib.parallel.grid import validate_grid
 from dslib.parallel.tensor import check_tensor_parallel, parallelize_block
+from dslib.train.memory import SavedActivations
 
 
 @contextlib.contextmanager
@@ -163,14 +165,16 @@ def micro_batch_stream(tokens: torch.Tensor, micro: int, micro_batches: int, seq
         step += 1
 
 
-def _record_instructions(engine, events: list) -> None:
+def _record_instructions(engine, events: list, meter: SavedActivations | None = None) -> None:
     """Wrap each pipeline instruction of this engine to log (name, start, end) on a clock all
-    processes of the machine share (CLOCK_MONOTONIC)."""
+    processes of the machine share (CLOCK_MONOTONIC); with a meter, what each ForwardPass (the
+    loss included, on the last stage) saves for backward counts as one micro-batch of the stage."""
     def timed(name, run):
         def wrapper(self, **kwargs):
             synchronize()  # kernels are async: the clock must see their work
             start = time.monotonic()
-            run(self, **kwargs)
+            with meter.saving(engine.stage_id) if meter and name == "ForwardPass" else contextlib.nullcontext():
+                run(self, **kwargs)
             synchronize()
             events.append((name, start, time.monotonic()))
         return wrapper
@@ -191,6 +195,8 @@ class PipeRun:
     losses: list[float]                 # train_batch's loss per step (mean over micro-batches)
     events: list[list[list[tuple]]]     # [stage][step] -> (instruction, start, end)
     tied_max_diff: float                # after training: max |embedding - head| between the two copies
+    peak_activation_bytes: list[int] = field(default_factory=list)  # per stage, when measured
+    micro_batch_activation_bytes: list[int] = field(default_factory=list)  # per stage: one micro-batch's
 
     @property
     def stage_layers(self) -> list[list[str]]:
@@ -213,28 +219,33 @@ def build_pipeline_engine(config: ModelConfig, ds_config: dict, partition_method
     return initialize_engine(module, ds_config, [p for p in module.parameters() if p.requires_grad])
 
 
-def _collect(run: dict, engine, losses: list[float], events: list) -> PipeRun:
+def _collect(run: dict, engine, losses: list[float], events: list, meter: SavedActivations | None) -> PipeRun:
     """Every rank's records of one run gathered into a PipeRun (the first rank of a stage speaks for it)."""
     import torch.distributed as dist
 
     n_params = sum(p.numel() for p in engine.module.parameters())
     tied = engine.module.tied_modules["embed"].weight.detach().cpu() if "embed" in engine.module.tied_modules else None
+    saved = (meter.process_peak, int(statistics.median(meter.per_micro_batch[engine.stage_id]))) if meter else ()
     per_rank = [None] * dist.get_world_size()
-    dist.all_gather_object(per_rank, (engine.stage_id, n_params, events, tied))
+    dist.all_gather_object(per_rank, (engine.stage_id, n_params, events, tied, saved))
     by_stage: dict[int, tuple] = {}
-    for stage, params, records, weight in per_rank:
-        by_stage.setdefault(stage, (params, records, weight))
+    for stage, *records in per_rank:
+        by_stage.setdefault(stage, records)
     stages = sorted(by_stage)
     first, last = by_stage[stages[0]][2], by_stage[stages[-1]][2]
+    memory = [by_stage[s][3] for s in stages if by_stage[s][3]]
     return PipeRun(run["label"], run["config"], run["partition_method"], run["micro_batches"],
                    [int(p) for p in engine.module.parts], [by_stage[s][0] for s in stages], losses,
-                   [by_stage[s][1] for s in stages], (first - last).abs().max().item())
+                   [by_stage[s][1] for s in stages], (first - last).abs().max().item(),
+                   [peak for peak, _ in memory], [one for _, one in memory])
 
 
 def train_pipeline_rank(runs: list[dict], ds_config: dict, steps: int, shards: str, seed: int = 0, stages: int = 2,
-               topology_dims: dict | None = None, transform: str | None = None) -> list[PipeRun]:
+               topology_dims: dict | None = None, transform: str | None = None,
+               measure_activations: bool = False) -> list[PipeRun]:
     """One rank: for each run ({"label", "config", "partition_method", "micro_batches"}) build a
-    pipeline and train ``steps`` steps with ``engine.train_batch``, timing every instruction.
+    pipeline and train ``steps`` steps with ``engine.train_batch``, timing every instruction and
+    (``measure_activations``) counting what its forwards save for backward (SavedActivations).
 
     ``topology_dims`` ({"num_pp", "num_mp", "num_dp"}) builds a PipeModelDataParallelTopology;
     ``transform`` ('module:function', called as function(module, tensor_parallel_group)) edits each
@@ -260,8 +271,9 @@ def train_pipeline_rank(runs: list[dict], ds_config: dict, steps: int, shards: s
         streams.append(micro_batch_stream(tokens, ds_cfg["train_micro_batch_size_per_gpu"], m,
                                           model_cfg.seq_len, seed))
     events: list = []
-    for engine in engines:
-        _record_instructions(engine, events)
+    meters = [SavedActivations(engine.module.parameters()) if measure_activations else None for engine in engines]
+    for engine, meter in zip(engines, meters):
+        _record_instructions(engine, events, meter)
     losses = [[] for _ in runs]
     per_step = [[] for _ in runs]
     for _ in range(steps):
@@ -270,13 +282,12 @@ def train_pipeline_rank(runs: list[dict], ds_config: dict, steps: int, shards: s
             events.clear()
             losses[i].append(engine.train_batch(streams[i]).item())
             per_step[i].append(list(events))
-    return [_collect(run, engine, run_losses, run_events)
-            for run, engine, run_losses, run_events in zip(runs, engines, losses, per_step)]
+    return [_collect(*args) for args in zip(runs, engines, losses, per_step, meters)]
 
 
 def run_pipeline_engines(runs: list[dict], stages: int = 2, micro_batch: int = 2, steps: int = 3, seed: int = 0,
                  tensor: int = 1, transform: str | None = None, token_docs: int = 2000,
-                 timeout: float = 300) -> list[PipeRun]:
+                 timeout: float = 300, measure_activations: bool = False) -> list[PipeRun]:
     """Validate every run here, then train them all, step by step in turn, on stages * tensor ranks
     (one launch) with DeepSpeed's pipeline engine. A run: {"config": ModelConfig, "partition_method",
     "micro_batches", "label"}. ``tensor`` > 1 uses PipeModelDataParallelTopology(num_pp=stages,
@@ -292,5 +303,5 @@ def run_pipeline_engines(runs: list[dict], stages: int = 2, micro_batch: int = 2
                   ds_config=pipe_ds_config(micro_batch, 1), steps=steps, seed=seed,
                   shards=str(corpus_shards(vocab, limit=token_docs)), stages=stages,
                   topology_dims=dict(num_pp=stages, num_mp=tensor, num_dp=1) if tensor > 1 else None,
-                  transform=transform)
+                  transform=transform, measure_activations=measure_activations)
     return launch(entry="dslib.parallel.pipeline:train_pipeline_rank", nprocs=nprocs, kwargs=kwargs, timeout=timeout)

@@ -14,14 +14,16 @@ from the loads its experts saw, which is what one process does. Experts stay loc
 
 Each rank records every compute action of its stages (F forward, B full backward, I backward
 for inputs, W backward for weights) with start and end on CLOCK_MONOTONIC (one clock for all
-processes of a machine), and the live bytes of the tensors its forwards saved for backward
-(saved_tensors_hooks; parameters excluded), whose peak is the stage's activation memory.
+processes of a machine), and the live bytes of the tensors its forwards (and the loss, on the last
+stage) saved for backward (dslib.train.memory.SavedActivations): their peak per stage and per rank
+is the activation memory, and the bytes one micro-batch leaves saved on a stage turn that peak
+into micro-batches in flight, the unit of the schedules' memory formulas (``in_flight_formula``).
 """
 from __future__ import annotations
 
 import re
+import statistics
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,7 @@ from dslib.dist.launch import LaunchError, launch
 from dslib.env import device, synchronize
 from dslib.model import DeepSeekConfig, DeepSeekModel, load_deepseek_config
 from dslib.model.moe import Router
+from dslib.train.memory import SavedActivations
 
 # name -> (torch.distributed.pipelining class, stage placement, stages per rank)
 SCHEDULES: dict[str, tuple[str, str, int]] = {
@@ -93,64 +96,24 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
-class SavedActivations:
-    """Live bytes of tensors saved for backward per stage (storages counted once), and their peak."""
-
-    def __init__(self, params: list[torch.Tensor]):
-        self.skip = {p.untyped_storage().data_ptr() for p in params}
-        self.live: dict[int, dict[int, list[int]]] = {}  # stage -> storage ptr -> [bytes, references]
-        self.peak: dict[int, int] = {}
-
-    def _release(self, stage: int, ptr: int) -> None:
-        entry = self.live[stage][ptr]
-        entry[1] -= 1
-        if entry[1] == 0:
-            del self.live[stage][ptr]
-
-    def hooks(self, stage: int) -> torch.autograd.graph.saved_tensors_hooks:
-        live = self.live.setdefault(stage, {})
-
-        def pack(t: torch.Tensor) -> Any:
-            ptr = t.untyped_storage().data_ptr()
-            if ptr in self.skip or ptr == 0:
-                return t
-            entry = live.setdefault(ptr, [t.untyped_storage().nbytes(), 0])
-            entry[1] += 1
-            self.peak[stage] = max(self.peak.get(stage, 0), sum(b for b, _ in live.values()))
-            box = _Box(t)
-            weakref.finalize(box, self._release, stage, ptr)
-            return box
-
-        def unpack(saved: Any) -> torch.Tensor:
-            return saved.value if isinstance(saved, _Box) else saved
-
-        return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
-
-
-class _Box:
-    """A weak-referenceable holder: autograd frees it with the graph, which releases its bytes."""
-
-    def __init__(self, value: torch.Tensor):
-        self.value = value
-
-
 def _record_actions(stage, actions: list, meter: SavedActivations) -> None:
-    """Wrap a PipelineStage's compute methods to append (stage, kind, micro-batch, start, end)."""
-    def timed(kind_of, run, hooks=None):
+    """Wrap a PipelineStage's compute methods to append (stage, kind, micro-batch, start, end);
+    forwards count what they save for backward as the stage's."""
+    def timed(kind_of, run, saving=None):
         def wrapper(chunk, *args, **kwargs):
             synchronize()  # kernels are async: the clock must see their work
             start = time.monotonic()
-            if hooks is None:
+            if saving is None:
                 out = run(chunk, *args, **kwargs)
             else:
-                with hooks:
+                with saving():
                     out = run(chunk, *args, **kwargs)
             synchronize()
             actions.append((stage.stage_index, kind_of(kwargs), chunk, start, time.monotonic()))
             return out
         return wrapper
 
-    stage.forward_one_chunk = timed(lambda kw: "F", stage.forward_one_chunk, meter.hooks(stage.stage_index))
+    stage.forward_one_chunk = timed(lambda kw: "F", stage.forward_one_chunk, lambda: meter.saving(stage.stage_index))
     stage.backward_one_chunk = timed(lambda kw: "B" if kw.get("full_backward", True) else "I",
                                      stage.backward_one_chunk)
     stage.backward_weight_one_chunk = timed(lambda kw: "W", stage.backward_weight_one_chunk)
@@ -168,6 +131,9 @@ class ScheduleRun:
     grads: dict[str, torch.Tensor] = field(default_factory=dict)  # after step 1's backward, by parameter name
     actions: list[list[list[tuple]]] = field(default_factory=list)  # [rank][step] -> (stage, kind, mb, start, end)
     peak_activation_bytes: dict[int, int] = field(default_factory=dict)  # stage -> peak saved bytes
+    micro_batch_activation_bytes: dict[int, int] = field(default_factory=dict)  # stage -> one micro-batch's (median)
+    rank_peak_activation_bytes: list[int] = field(default_factory=list)  # per rank: its stages together
+    threads_per_rank: int = 0                             # torch's intra-op threads on each rank
     error: str | None = None                              # the exact error when the schedule cannot run
 
 
@@ -192,14 +158,20 @@ def _one_schedule(name: str, m: int, config: DeepSeekConfig, tokens, steps: int,
     meter, actions = SavedActivations(params), []
     for stage in stages:
         _record_actions(stage, actions, meter)
+    last_stage = ranks * v - 1
+
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with meter.saving(last_stage, new_micro_batch=False):  # what the loss saves: the last forward's micro-batch
+            return lm_loss(logits, targets)
+
     cls = getattr(pipelining, cls_name)
     try:
-        schedule = cls(stages[0] if v == 1 else stages, n_microbatches=m, loss_fn=lm_loss)
+        schedule = cls(stages[0] if v == 1 else stages, n_microbatches=m, loss_fn=loss_fn)
     except (ValueError, RuntimeError) as error:  # raised alike on every rank: no rank is left waiting
         run.error = f"{type(error).__name__}: {error}"
         return run
     optimizer = torch.optim.AdamW(params, lr=lr)
-    first, last = 0 in mine, ranks * v - 1 in mine
+    first, last = 0 in mine, last_stage in mine
     per_rank_steps = []
     for step in range(steps):
         x, y = (t.to(dev) for t in _batch(tokens, step, micro_batch, m, config.seq_len, seed))
@@ -218,11 +190,16 @@ def _one_schedule(name: str, m: int, config: DeepSeekConfig, tokens, steps: int,
                 router.update_bias()
         run.losses.append(torch.stack(losses).mean().item() if last else float("nan"))
     gathered = [None] * ranks
-    dist.all_gather_object(gathered, (run.losses, run.grads, per_rank_steps, meter.peak))
+    one_micro_batch = {s: int(statistics.median(b)) for s, b in meter.per_micro_batch.items()}
+    dist.all_gather_object(gathered, (run.losses, run.grads, per_rank_steps, meter.stage_peaks, one_micro_batch,
+                                      meter.process_peak, torch.get_num_threads()))
     run.losses = next(l for l in (g[0] for g in gathered) if l and l[0] == l[0])  # the rank with the last stage
     run.grads = {n: t for g in gathered for n, t in g[1].items()}
     run.actions = [g[2] for g in gathered]
-    run.peak_activation_bytes = {s: b for g in gathered for s, b in sorted(g[3].items())}
+    run.peak_activation_bytes = {s: b for g in gathered for s, b in g[3].items()}
+    run.micro_batch_activation_bytes = {s: b for g in gathered for s, b in g[4].items()}
+    run.rank_peak_activation_bytes = [g[5] for g in gathered]
+    run.threads_per_rank = max(g[6] for g in gathered)
     return run
 
 
@@ -297,6 +274,26 @@ def bubble_1f1b(p: int, m: int) -> float:
 def bubble_interleaved(p: int, m: int, v: int) -> float:
     """Interleaved 1F1B with v stages per rank (Megatron, arXiv 2104.04473): (p - 1) / (v m + p - 1)."""
     return (p - 1) / (v * m + p - 1)
+
+
+def in_flight_formula(schedule: str, p: int, m: int, rank: int) -> tuple[float, str]:
+    """Micro-batches whose saved activations a rank holds at its peak, in units of one micro-batch
+    through all of the rank's stages (1/p of the model, equal stages), and which formula:
+      1F1B: min(m, p - r) (p - r - 1 warm-up forwards, one more before the first backward)
+      Interleaved1F1B, v = 2 chunks of 1/(2p): min((v-1) k + 2(p-1-r) + 1, v m) / v chunks, k = m per
+        round (p when p divides m; Megatron's p(1 + (p-1)/(pv)) on rank 0), torch's warm-up
+      ZBVZeroBubble: min(m, p) on every rank (ZB-V, arXiv 2401.10241: 1F1B's first-rank peak, balanced)
+      DualPipeV: (PP + 1) chunks of 1/PP, PP = 2p stages (V3 Table 2, DualPipe's README): p + 1/2."""
+    if schedule == "1F1B":
+        return min(m, p - rank), "min(m, p-r)"
+    if schedule == "Interleaved1F1B":
+        v, per_round = 2, m // max(1, m // p)
+        return min((v - 1) * per_round + 2 * (p - 1 - rank) + 1, v * m) / v, "min(k+2(p-1-r)+1, 2m)/2"
+    if schedule == "ZBVZeroBubble":
+        return min(m, p), "min(m, p)"
+    if schedule == "DualPipeV":
+        return (2 * p + 1) / 2, "(PP+1)/2, PP=2p"
+    raise ValueError(f"no activation formula for {schedule!r}")
 
 
 def table2_bubble_time(method: str, pp: int, f: float, b: float, w: float, fb: float | None = None) -> float:

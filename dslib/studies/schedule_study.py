@@ -5,8 +5,11 @@ the chapter 12 model, measured from each rank's action timeline, beside chapter 
 trains the same micro-batches in one process, and returns plain rows:
   schedules  per (schedule, m): loss and gradient max |diff| to one process, measured bubble
              (idle share of a step per rank, mean over ranks), its formula, chunk times F/B/W,
-             step time, peak saved-activation bytes per stage; or the exact error
-  deepspeed  chapter 06's engine (1F1B, TransformerXL of the same width, depth and vocabulary)
+             step time, peak saved-activation KiB per stage and per rank; or the exact error
+  deepspeed  per m: chapter 06's engine (1F1B, TransformerXL of the same width, depth, vocabulary),
+             the same measurements
+``memory_rows(result)`` puts both engines' activation memory per rank beside the formulas: peak
+bytes / one micro-batch's bytes = micro-batches in flight (1F1B: min(m, p - r)).
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ import statistics
 from typing import Any
 
 from dslib import viz
-from dslib.parallel.schedules import (SCHEDULES, ScheduleRun, bubble_1f1b, bubble_interleaved, run_schedules,
-                                      schedule_config, table2_bubble_time, train_reference)
+from dslib.parallel.schedules import (SCHEDULES, ScheduleRun, bubble_1f1b, bubble_interleaved, in_flight_formula,
+                                      run_schedules, schedule_config, stages_of_rank, table2_bubble_time,
+                                      train_reference)
 
 KIND_COLOURS = {"F": "tab:blue", "B": "tab:orange", "I": "tab:red", "W": "tab:green"}
 
@@ -80,43 +84,85 @@ def schedule_rows(runs: list[ScheduleRun], references: dict[int, tuple]) -> list
                        grad_max_diff=max((run.grads[n] - g).abs().max().item() for n, g in grads.items()),
                        measured_bubble=idle, formula_bubble=formula, formula=name, step_ms=step * 1e3,
                        **{f"{k}_ms": v * 1e3 for k, v in times.items()},
-                       peak_activation_kib=[round(b / 1024) for _, b in sorted(run.peak_activation_bytes.items())])
+                       peak_activation_kib=[round(b / 1024) for _, b in sorted(run.peak_activation_bytes.items())],
+                       rank_peak_activation_kib=[round(b / 1024) for b in run.rank_peak_activation_bytes],
+                       threads_per_rank=run.threads_per_rank)
         rows.append(row)
     return rows
 
 
-def deepspeed_row(num_layers: int, micro_batches: int, ranks: int, steps: int, micro_batch: int,
-                  timeout: float) -> dict[str, Any]:
-    """Chapter 06's DeepSpeed 1F1B engine on a TransformerXL of the same width, depth, vocabulary."""
-    from dslib.model import count_parameters
+def run_deepspeed(num_layers: int, micro_batches: list[int], ranks: int, steps: int, micro_batch: int,
+                  timeout: float) -> list:
+    """Chapter 06's DeepSpeed 1F1B engine at each m (one launch) on its TransformerXL of the schedules'
+    width, depth, vocabulary and sequence; its forwards' saved activations measured as the torch
+    schedules' are (SavedActivations)."""
     from dslib.parallel.pipeline import pipe_config, run_pipeline_engines
-    from dslib.studies.pipeline_study import idle_fraction, step_span
 
     ds = schedule_config()
     config = pipe_config("tiny", num_layers=num_layers, hidden_size=ds.hidden_size, seq_len=ds.seq_len,
                          vocab_size=ds.vocab_size)
-    run = run_pipeline_engines([{"config": config, "partition_method": "type:BlockPipe",
-                                 "micro_batches": micro_batches, "label": "deepspeed"}],
-                               stages=ranks, micro_batch=micro_batch, steps=steps, timeout=timeout)[0]
-    return {"engine": "DeepSpeed PipelineEngine (chapter 06)", "model": f"TransformerXL d={config.hidden_size} "
-            f"L={num_layers}", "params": count_parameters(config), "micro_batches": micro_batches,
-            "measured_bubble": idle_fraction(run), "formula_bubble": bubble_1f1b(ranks, micro_batches),
-            "step_ms": step_span(run) * 1e3, "params_per_stage": run.stage_params}
+    return run_pipeline_engines([{"config": config, "partition_method": "type:BlockPipe", "micro_batches": m,
+                                  "label": f"m={m}"} for m in micro_batches],
+                                stages=ranks, micro_batch=micro_batch, steps=steps, timeout=timeout,
+                                measure_activations=True)
 
 
-def study(schedules: list[str], micro_batches: list[int], ranks: int = 2, num_layers: int = 4, steps: int = 3,
-          micro_batch: int = 2, seed: int = 0, compare_deepspeed: bool = True, timeout: float = 600
+def deepspeed_row(run) -> dict[str, Any]:
+    """Bubble, step time, chunk times and peak saved activations per stage of one DeepSpeed run."""
+    from dslib.model import ModelConfig, count_parameters
+    from dslib.studies.pipeline_study import STAGE_WORK, idle_fraction, step_span
+
+    config, ranks = ModelConfig(**run.config), len(run.events)
+    chunk = {work: statistics.median(e - s for stage in run.events for step in stage[1:] or stage
+                                     for name, s, e in step if name == work) for work in STAGE_WORK}
+    return {"engine": "DeepSpeed PipelineEngine (chapter 06)",
+            "model": f"TransformerXL d={config.hidden_size} L={config.num_layers}",
+            "params": count_parameters(config), "ranks": ranks, "micro_batches": run.micro_batches,
+            "measured_bubble": idle_fraction(run), "formula_bubble": bubble_1f1b(ranks, run.micro_batches),
+            "step_ms": step_span(run) * 1e3, "F_ms": chunk["ForwardPass"] * 1e3, "B_ms": chunk["BackwardPass"] * 1e3,
+            "params_per_stage": run.stage_params,
+            "peak_activation_kib": [round(b / 1024) for b in run.peak_activation_bytes]}
+
+
+def memory_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per engine/schedule, m and rank: peak saved-activation KiB, one micro-batch's KiB through the
+    rank's stages, their ratio (micro-batches in flight) and the schedule's formula for it."""
+    rows = []
+
+    def row(engine: str, schedule: str, p: int, m: int, rank: int, stages: list[int], peak: int, unit: int):
+        formula, name = in_flight_formula(schedule, p, m, rank)
+        rows.append({"engine": engine, "schedule": schedule, "ranks": p, "micro_batches": m, "rank": rank,
+                     "stages": stages, "peak_kib": round(peak / 1024), "micro_batch_kib": round(unit / 1024),
+                     "in_flight": peak / unit, "in_flight_formula": formula, "formula": name})
+
+    for run in result["runs"]:
+        if run.error is None:
+            for rank, peak in enumerate(run.rank_peak_activation_bytes):
+                stages = stages_of_rank(run.schedule, rank, run.ranks)
+                unit = sum(run.micro_batch_activation_bytes[s] for s in stages)
+                row("torch.distributed.pipelining", run.schedule, run.ranks, run.micro_batches, rank, stages, peak,
+                    unit)
+    for ds in result["deepspeed_runs"]:
+        for stage, (peak, unit) in enumerate(zip(ds.peak_activation_bytes, ds.micro_batch_activation_bytes)):
+            row("DeepSpeed PipelineEngine", "1F1B", len(ds.events), ds.micro_batches, stage, [stage], peak, unit)
+    return rows
+
+
+def study(schedules: list[str], micro_batches: list[int], ranks: int = 2, num_layers: int | None = None,
+          steps: int = 3, micro_batch: int = 2, seed: int = 0, compare_deepspeed: bool = True, timeout: float = 600
           ) -> dict[str, Any]:
     """Every schedule at every micro-batch count (one launch), the one-process reference per count,
-    and (``compare_deepspeed``) chapter 06's engine at the largest count."""
-    config = schedule_config(num_layers=num_layers)
+    and (``compare_deepspeed``) chapter 06's engine at the same counts. ``num_layers`` defaults to
+    2 x ranks: one layer per stage for the two-stages-per-rank schedules."""
+    config = schedule_config(num_layers=num_layers or 2 * ranks)
     runs = run_schedules([(s, m) for s in schedules for m in micro_batches], config, ranks=ranks, steps=steps,
                          micro_batch=micro_batch, seed=seed, timeout=timeout)
     references = {m: train_reference(config, steps, micro_batch, m, seed) for m in micro_batches}
     rows = schedule_rows(runs, references)
-    deepspeed = [deepspeed_row(num_layers, max(micro_batches), ranks, steps, micro_batch, timeout)] \
+    ds_runs = run_deepspeed(config.num_layers, micro_batches, ranks, steps, micro_batch, timeout) \
         if compare_deepspeed else []
-    return {"schedules": rows, "deepspeed": deepspeed, "runs": runs, "config": config.model_dump()}
+    return {"schedules": rows, "deepspeed": [deepspeed_row(r) for r in ds_runs], "runs": runs,
+            "deepspeed_runs": ds_runs, "config": config.model_dump()}
 
 
 def plot_gantt(run: ScheduleRun):

@@ -10,13 +10,17 @@ gradients, optimizer states, activations, temporaries). Fresh mappings are slow,
 steps outside it. The allocator keeps freed memory, so configurations measured one after
 another in one process hide each other: measure each in a fresh process
 (dslib.studies.memory_sweeps) or on an engine of its own.
+
+``SavedActivations`` counts one part exactly, in any process and for any engine: the bytes of
+the tensors autograd saved for backward (activation memory), per pipeline stage, while they live.
 """
 from __future__ import annotations
 
 import ctypes
 import gc
+import weakref
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from dslib.env import synchronize
 
@@ -73,3 +77,82 @@ def peak_memory(device) -> Iterator[Callable[[], int]]:
     torch.cuda.reset_peak_memory_stats(device)
     baseline = torch.cuda.memory_allocated(device)
     yield lambda: torch.cuda.max_memory_allocated(device) - baseline
+
+
+class SavedActivations:
+    """Live bytes of the tensors saved for backward inside ``saving(stage)``, per stage and for all
+    stages of the process together (storages counted once, parameters excluded), with their peaks.
+
+    A saved tensor is held in a box that autograd drops when it frees the saved variable (after a
+    backward without retain_graph, or with its graph), which releases its bytes. The box holds the
+    tensor detached: a saved output that kept its grad_fn would own the node that owns it, a cycle
+    that no collector breaks once a backward retains the graph (zero-bubble's input backward).
+    """
+
+    ALL = -1  # the key of the process-wide count
+
+    def __init__(self, params: Iterable):
+        self.skip = {p.untyped_storage().data_ptr() for p in params}
+        self.live: dict[int, dict[int, list[int]]] = {}  # stage (or ALL) -> storage ptr -> [bytes, references]
+        self.total: dict[int, int] = {}                  # stage (or ALL) -> live bytes
+        self.peak: dict[int, int] = {}                   # stage (or ALL) -> peak live bytes
+        self.per_micro_batch: dict[int, list[int]] = {}  # stage -> bytes each micro-batch left saved
+
+    @property
+    def stage_peaks(self) -> dict[int, int]:
+        return {s: b for s, b in sorted(self.peak.items()) if s != self.ALL}
+
+    @property
+    def process_peak(self) -> int:
+        return self.peak.get(self.ALL, 0)
+
+    def _hold(self, key: int, ptr: int, nbytes: int) -> None:
+        entry = self.live.setdefault(key, {}).setdefault(ptr, [nbytes, 0])
+        if entry[1] == 0:
+            self.total[key] = self.total.get(key, 0) + nbytes
+            self.peak[key] = max(self.peak.get(key, 0), self.total[key])
+        entry[1] += 1
+
+    def _release(self, key: int, ptr: int) -> None:
+        entry = self.live[key][ptr]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.live[key][ptr]
+            self.total[key] -= entry[0]
+
+    def _pack(self, stage: int, t) -> Any:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in self.skip or ptr == 0:
+            return t
+        box = _Saved(t.detach())
+        for key in (stage, self.ALL):
+            self._hold(key, ptr, t.untyped_storage().nbytes())
+            weakref.finalize(box, self._release, key, ptr)
+        return box
+
+    @contextmanager
+    def saving(self, stage: int, new_micro_batch: bool = True) -> Iterator[None]:
+        """Count what autograd saves inside as stage ``stage``'s; the bytes still saved at exit are
+        one micro-batch's (``new_micro_batch=False``: added to the stage's last one, e.g. its loss)."""
+        import torch
+
+        before = self.total.get(stage, 0)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: self._pack(stage, t), _unpack):
+            yield
+        added = self.total.get(stage, 0) - before
+        counts = self.per_micro_batch.setdefault(stage, [])
+        if new_micro_batch or not counts:
+            counts.append(added)
+        else:
+            counts[-1] += added
+
+
+class _Saved:
+    """A weak-referenceable holder of one saved tensor."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _unpack(saved: Any):
+    return saved.value if isinstance(saved, _Saved) else saved
