@@ -34,7 +34,7 @@ from torch import nn
 from dslib.model import DeepSeekModel
 from dslib.model.moe import Router
 from dslib.parallel.expert import ExpertGroups, ExpertParallelStepper, parallelize_experts
-from dslib.parallel.schedules import StageModule, lm_loss
+from dslib.parallel.schedules import StageModule, lm_loss, stage_io
 
 
 @dataclass
@@ -75,14 +75,8 @@ def build_stage(model: DeepSeekModel, groups: PipelineExpertGroups, micro_batch:
     PipelineStage on the pipeline's group, shapes given (module docstring)."""
     from torch.distributed.pipelining import PipelineStage
 
-    config = model.config
     module = parallelize_experts(StageModule(model, groups.stage, groups.pp), groups.experts.ep_group)
-    first, last = groups.stage == 0, groups.stage == groups.pp - 1
-    shape = (micro_batch, config.seq_len)
-    # requires_grad as at run time: a stage sends its input's gradient only if its input needs one
-    hidden = torch.empty(*shape, config.hidden_size, device="meta", requires_grad=True)
-    inputs = torch.empty(shape, dtype=torch.long, device="meta") if first else hidden
-    outputs = torch.empty(*shape, config.vocab_size, device="meta", requires_grad=True) if last else hidden
+    inputs, outputs = stage_io(model.config, micro_batch, groups.stage == 0, groups.stage == groups.pp - 1)
     stage = PipelineStage(module, groups.stage, groups.pp, device, input_args=inputs, output_args=outputs,
                           group=groups.pp_group)
     return module, stage

@@ -92,6 +92,17 @@ class StageModule(nn.Module):
         return self.head(self.norm(x)) if self.head is not None else x
 
 
+def stage_io(config: DeepSeekConfig, micro_batch: int, first: bool, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stage's example input and output on the meta device, for PipelineStage's static shapes:
+    token ids or the hidden state in; the hidden state or the logits out. requires_grad as at run
+    time: a stage sends its input's gradient only if its input needs one."""
+    shape = (micro_batch, config.seq_len)
+    hidden = torch.empty(*shape, config.hidden_size, device="meta", requires_grad=True)
+    inputs = torch.empty(shape, dtype=torch.long, device="meta") if first else hidden
+    outputs = torch.empty(*shape, config.vocab_size, device="meta", requires_grad=True) if last else hidden
+    return inputs, outputs
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
@@ -153,7 +164,10 @@ def _one_schedule(name: str, m: int, config: DeepSeekConfig, tokens, steps: int,
     model = DeepSeekModel(config).to(dev)
     mine = stages_of_rank(name, rank, ranks)
     modules = [StageModule(model, s, ranks * v) for s in mine]
-    stages = [pipelining.PipelineStage(mod, s, ranks * v, dev) for s, mod in zip(mine, modules)]
+    # shapes given: torch's shape inference would run an extra forward, counted in the routers' loads
+    io = [stage_io(config, micro_batch, s == 0, s == ranks * v - 1) for s in mine]
+    stages = [pipelining.PipelineStage(mod, s, ranks * v, dev, input_args=inputs, output_args=outputs)
+              for s, mod, (inputs, outputs) in zip(mine, modules, io)]
     params = [p for mod in modules for p in mod.parameters()]
     meter, actions = SavedActivations(params), []
     for stage in stages:
