@@ -8,8 +8,9 @@ from dslib.dist import launch as launch_module
 from dslib.dist.launch import LaunchError, launch
 
 
-def _workers_alive() -> int:
-    out = subprocess.run(["pgrep", "-f", "dslib.dist.worker"], capture_output=True, text=True).stdout
+def _workers_alive(entry: str) -> int:
+    """Workers still running `entry` (by name: other launches may run on the machine meanwhile)."""
+    out = subprocess.run(["pgrep", "-f", f"dslib.dist.worker .*--entry {entry}"], capture_output=True, text=True).stdout
     return len(out.split())
 
 
@@ -27,14 +28,14 @@ def test_a_rank_that_exits_names_itself(launcher):
                timeout=120, launcher=launcher)
     assert info.value.rank == 1 and "rank 1" in str(info.value)
     assert "RuntimeError: rank one broke" in info.value.stderr_tail
-    assert _workers_alive() == 0
+    assert _workers_alive("dslib.dist.demo:fail_on_rank") == 0
 
 
 @pytest.mark.timeout(180)  # only a hang guard: the launcher's own 20 s timeout is what is tested
 def test_a_hanging_rank_is_killed_at_the_timeout():
     with pytest.raises(LaunchError, match="timed out after 20 s"):
         launch("dslib.dist.demo:hang_on_rank", nprocs=2, kwargs={"rank": 1}, timeout=20)
-    assert _workers_alive() == 0
+    assert _workers_alive("dslib.dist.demo:hang_on_rank") == 0
 
 
 def test_bad_arguments_fail_before_any_process():
