@@ -172,24 +172,3 @@ def test_auxiliary_loss_gradient_reaches_the_router_only_with_alpha():
         if expect:
             aux.backward()
             assert layer.router.weight.grad.abs().sum() > 0
-
-
-def test_dispatch_and_combine_rows_are_each_others_adjoint_and_have_exact_gradients():
-    """The sorted gather and the per-token sum: gradcheck in float64, and <combine(y), x> ==
-    <y, dispatch(x)> (adjoint), against the index_select / index_add_ they replace."""
-    from dslib.model.moe import CombineRows, DispatchRows, SortedAssignments
-
-    torch.manual_seed(0)
-    experts = torch.randint(0, 5, (7, 3))
-    sort = SortedAssignments.of(experts)
-    x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
-    ys = torch.randn(21, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.equal(DispatchRows.apply(x, sort), x.index_select(0, sort.token))
-    assert torch.allclose(CombineRows.apply(ys, sort), torch.zeros_like(x).index_add_(0, sort.token, ys))
-    assert torch.autograd.gradcheck(lambda t: DispatchRows.apply(t, sort), (x,))
-    assert torch.autograd.gradcheck(lambda t: CombineRows.apply(t, sort), (ys,))
-    lhs = (CombineRows.apply(ys, sort) * x).sum()
-    rhs = (ys * DispatchRows.apply(x, sort)).sum()
-    assert torch.allclose(lhs, rhs)
-    empty = SortedAssignments.of(torch.zeros(0, 3, dtype=torch.long))
-    assert CombineRows.apply(torch.zeros(0, 4), empty).shape == (0, 4)

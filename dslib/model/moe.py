@@ -18,8 +18,7 @@ Balancing:
       the sequence sending to i), P_i = mean_t s_i / sum_j s_j
 Dispatch is dropless: the token-expert assignments are sorted by expert, the tokens gathered
 in that order, every expert runs on its contiguous slice (one grouped matmul per weight, or
-one matmul per expert), and each token's k weighted outputs are summed. Gathering and summing
-are row gathers through the sort's permutation and its inverse, forward and backward alike. `load_stats`
+one matmul per expert), and the weighted outputs are added back per token. `load_stats`
 reports what a capacity factor would have dropped, without dropping it.
 """
 from __future__ import annotations
@@ -106,57 +105,6 @@ def balance_loss(scores: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     return (f * p).sum(-1).mean()
 
 
-@dataclass
-class SortedAssignments:
-    """The N*k token-expert assignments sorted by expert: a permutation of the k copies of each token."""
-    order: torch.Tensor  # [N*k] sorted position -> flat assignment (token * k + slot)
-    inverse: torch.Tensor  # [N*k] flat assignment -> sorted position
-    token: torch.Tensor  # [N*k] the token of each sorted assignment
-    copies: int  # k, the copies of each token
-
-    @classmethod
-    def of(cls, keys: torch.Tensor) -> "SortedAssignments":
-        """keys [N, k] (the chosen expert ids) -> the stable sort of their N*k entries."""
-        order = keys.flatten().argsort(stable=True)
-        return cls(order, order.argsort(), order // keys.size(1), keys.size(1))
-
-
-def _sum_copies(ys: torch.Tensor, sort: SortedAssignments) -> torch.Tensor:
-    """ys [N*k, d] in sorted order -> [N, d], each token's k rows summed."""
-    tokens = sort.inverse.numel() // sort.copies
-    return ys.index_select(0, sort.inverse).view(tokens, sort.copies, ys.size(-1)).sum(1)
-
-
-class DispatchRows(torch.autograd.Function):
-    """x [N, d] -> [N*k, d], each token once per chosen expert, in sorted order.
-
-    The gradient sums each token's k copies back through the inverse permutation: a row gather.
-    index_select's own backward is an index_add_, a scatter-add with colliding rows, which on
-    CPU is up to 10x slower than the gather at 8,192 x 512 (benchmarks/bench_deepseek.py)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, sort: SortedAssignments) -> torch.Tensor:
-        ctx.sort = sort
-        return x.index_select(0, sort.token)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return _sum_copies(grad, ctx.sort), None
-
-
-class CombineRows(torch.autograd.Function):
-    """[N*k, d] in sorted order -> [N, d], each token's k rows summed: DispatchRows' adjoint."""
-
-    @staticmethod
-    def forward(ctx, ys: torch.Tensor, sort: SortedAssignments) -> torch.Tensor:
-        ctx.sort = sort
-        return _sum_copies(ys, sort)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad.index_select(0, ctx.sort.token), None
-
-
 class RoutedExperts(nn.Module):
     """E SwiGLU experts with stacked weights (so one grouped matmul can serve all of them)."""
 
@@ -170,15 +118,17 @@ class RoutedExperts(nn.Module):
                 counts: torch.Tensor) -> torch.Tensor:
         """x [N, d], experts/weights [N, k], counts [E] assignments per expert
         -> sum_j weights[:, j] * FFN_experts[:, j](x) [N, d]."""
-        sort = SortedAssignments.of(experts)
-        xs = DispatchRows.apply(x, sort)  # [N*k, d], expert by expert
-        gates = weights.flatten()[sort.order, None]  # [N*k, 1]
+        k = experts.size(1)
+        order = experts.flatten().argsort(stable=True)  # assignments sorted by expert
+        token = order // k  # the token of each sorted assignment
+        xs = x.index_select(0, token)  # [N*k, d], expert by expert
+        gates = weights.flatten()[order, None]  # [N*k, 1]
         # torch's grouped matmul runs any float dtype on CPU, bf16 only on CUDA (its docs)
         if self.dispatch == "grouped_mm" and (xs.device.type == "cpu" or xs.dtype == torch.bfloat16):
             ys = self._grouped(xs, gates, counts)
         else:
             ys = self._loop(xs, gates, counts)
-        return CombineRows.apply(ys, sort)  # autocast: ys, so the output, may be bf16
+        return x.new_zeros(x.shape, dtype=ys.dtype).index_add_(0, token, ys)  # autocast: ys may be bf16
 
     @staticmethod
     def _activation(gate_up: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:

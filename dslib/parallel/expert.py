@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dslib.model.moe import CombineRows, DeepSeekMoE, DispatchRows, RoutedExperts, Router, SortedAssignments
+from dslib.model.moe import DeepSeekMoE, RoutedExperts, Router
 from dslib.train.step import OptimizerStepper
 
 # Bytes this rank sent to other ranks, and calls, by "<dispatch|combine>(<forward|backward>)"
@@ -94,8 +94,10 @@ class ExpertParallelExperts(RoutedExperts):
     def forward(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor,
                 counts: torch.Tensor) -> torch.Tensor:
         """x [N, d], experts/weights [N, k], counts [E] this rank's assignments per expert -> [N, d]."""
-        sort = SortedAssignments.of(experts)  # by expert, so by owning rank
-        xs = DispatchRows.apply(x, sort)  # [N k, d]
+        k = experts.size(1)
+        order = experts.flatten().argsort(stable=True)  # by expert, so by owning rank
+        token = order // k
+        xs = x.index_select(0, token)  # [N k, d]
         send = counts.view(self.ep, self.n_local)  # [destination rank, its local expert]
         recv = torch.empty_like(send)  # [source rank, my local expert]
         dist.all_to_all_single(recv, send.contiguous(), group=self.group)
@@ -104,11 +106,12 @@ class ExpertParallelExperts(RoutedExperts):
         # received rows come source by source, each source's expert by expert: regroup expert-major
         segment = torch.repeat_interleave(torch.arange(recv.numel(), device=x.device), recv.flatten())
         source, local_expert = segment // self.n_local, segment % self.n_local
-        by_expert = SortedAssignments.of((local_expert * self.ep + source)[:, None])
-        ys = self._local(DispatchRows.apply(received, by_expert), recv.sum(0))
-        ys = CombineRows.apply(ys, by_expert)  # back to the order received
+        by_expert = (local_expert * self.ep + source).argsort(stable=True)
+        ys = self._local(received.index_select(0, by_expert), recv.sum(0))
+        ys = ys.index_select(0, by_expert.argsort())  # back to the order received
         back = TokenAllToAll.apply(ys, send_splits, recv_splits, self.group, "combine")  # [N k, d]
-        return CombineRows.apply(back * weights.flatten()[sort.order, None].to(back.dtype), sort)
+        back = back * weights.flatten()[order, None].to(back.dtype)
+        return x.new_zeros(x.shape, dtype=back.dtype).index_add_(0, token, back)
 
     def _local(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """The local experts on rows sorted by local expert, combine weight 1 (applied after combine)."""
