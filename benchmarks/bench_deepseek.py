@@ -13,27 +13,37 @@
   mfu       training steps (forward, backward, fused AdamW, bias update) of the dense GPT
             baseline and the DeepSeek-style model (with and without MTP), tokens/s times the
             FLOPs formula (dslib.model.deepseek_flops) over the fp32 matmul peak measured here
-Variants are interleaved round by round so machine load hits them alike.
+Variants are interleaved round by round so machine load hits them alike. The MoE part runs
+twice, in child processes, with OpenMP's idle threads sleeping (OMP_WAIT_POLICY=PASSIVE, what
+the book sets for its multi-process runs) and spinning (OpenMP's default): the MoE layer is many
+small parallel regions, and a sleeping thread's wake-up is paid at each (libgomp reads the policy
+when torch loads, so one process cannot compare both). Run it alone on the machine.
 Writes outputs/bench/deepseek.json and deepseek.md.
 
-    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python benchmarks/bench_deepseek.py
+    PYTHONPATH=. python benchmarks/bench_deepseek.py
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
+import sys
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from dslib.env import outputs_dir
+# read before dslib's import sets its default: libgomp took the policy when torch loaded
+OMP_WAIT_POLICY_AT_LOAD = os.environ.get("OMP_WAIT_POLICY", "default")
+
+import torch.nn.functional as F  # noqa: E402
+
+from dslib.env import outputs_dir  # noqa: E402
 from dslib.model import (AttentionConfig, DeepSeekModel, MoEConfig, SwiGLU, count_deepseek_parameters,
-                         deepseek_flops_per_token, dense_equivalent, load_deepseek_config)
-from dslib.model.moe import DeepSeekMoE
-from dslib.plan.measure import interleaved_seconds, matmul_peak
-from dslib.studies.deepseek_arch import decode_seconds
+                         deepseek_flops_per_token, dense_equivalent, load_deepseek_config)  # noqa: E402
+from dslib.model.moe import DeepSeekMoE  # noqa: E402
+from dslib.plan.measure import interleaved_seconds, matmul_peak  # noqa: E402
+from dslib.studies.deepseek_arch import decode_seconds  # noqa: E402
 
 MOE_SHAPES = {  # name: (hidden, MoE settings); deepseek_small trains on 2048 tokens per step (8 x 256)
     "small": (256, dict(n_routed_experts=16, n_shared_experts=1, top_k=2, moe_intermediate_size=128)),
@@ -123,6 +133,20 @@ def bench_moe(token_counts: list[int], rounds: int, per_round: int) -> list[dict
     return rows
 
 
+def bench_moe_per_policy(args: argparse.Namespace) -> list[dict]:
+    """bench_moe in one child process per OpenMP wait policy (PASSIVE, then OpenMP's default)."""
+    rows = []
+    for policy in ("PASSIVE", "default"):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if policy != "default":
+            env["OMP_WAIT_POLICY"] = policy
+        cmd = [sys.executable, __file__, "--moe-only", "--threads", str(args.threads), "--rounds", str(args.rounds),
+               "--per-round", str(args.per_round), "--moe-tokens", *map(str, args.moe_tokens)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        rows += [{**r, "omp_wait_policy": policy} for r in json.loads(out.splitlines()[-1])]
+    return rows
+
+
 def bench_decode(contexts: list[int], batch_size: int, rounds: int, per_round: int) -> list[dict]:
     rows = []
     for name, (d, settings, head_dim) in ATTENTION_SHAPES.items():
@@ -168,11 +192,13 @@ def markdown(result: dict) -> str:
     lines = [f"# DeepSeek parts on this machine: {result['threads']} threads, fp32 matmul peak "
              f"{result['matmul_peak_gflops']:.1f} GFLOP/s (start/end "
              f"{', '.join(f'{p:.1f}' for p in result['matmul_peaks_gflops'])}); 1-min load "
-             f"{result['load_average_1min'][0]:.1f} -> {result['load_average_1min'][1]:.1f} on {os.cpu_count()} CPUs",
+             f"{result['load_average_1min'][0]:.1f} -> {result['load_average_1min'][1]:.1f} on {os.cpu_count()} CPUs; "
+             f"decode and MFU with OpenMP wait policy {result['omp_wait_policy']}",
              "", "## MoE layer forward + backward against a dense SwiGLU of the same activated parameters", "",
-             "| tokens | shape | d | experts (shared + routed, top-k) | expert width | variant | ms | vs dense |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['tokens']} | {r['shape']} | {r['hidden']} | {r['n_shared_experts']} + {r['n_routed_experts']}, "
+             "| OpenMP wait | tokens | shape | d | experts (shared + routed, top-k) | expert width | variant | ms | vs dense |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['omp_wait_policy']} | {r['tokens']} | {r['shape']} | {r['hidden']} | "
+              f"{r['n_shared_experts']} + {r['n_routed_experts']}, "
               f"top-{r['top_k']} | {r['moe_intermediate_size']} | {r['variant']} | {r['fwd_bwd_ms']:.2f} | "
               f"{r['vs_dense']:.2f}x |" for r in result["moe"]]
     lines += ["", f"## Attention decode, one token against a filled cache, batch {result['decode'][0]['batch_size']}",
@@ -198,12 +224,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-round", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--moe-only", action="store_true", help="print bench_moe's rows as JSON (a child run)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.moe_only:
+        print(json.dumps(bench_moe(args.moe_tokens, args.rounds, args.per_round)))
+        return
     load_before = os.getloadavg()[0]
     peaks = [matmul_peak()]
-    moe = bench_moe(args.moe_tokens, args.rounds, args.per_round)
+    moe = bench_moe_per_policy(args)
     decode = bench_decode(args.contexts, 1, args.rounds, 10 * args.per_round)  # short calls: more of them
     mfu_rows = bench_mfu(args.config, args.batch_size, args.rounds, args.per_round, peaks[0])
     peaks.append(matmul_peak())
@@ -214,7 +244,7 @@ def main() -> None:
               "matmul_peak_gflops": peak / 1e9, "matmul_peaks_gflops": [p / 1e9 for p in peaks],
               "moe": moe, "decode": decode, "mfu": mfu_rows, "timed_per_variant": args.rounds * args.per_round,
               "load_average_1min": [load_before, os.getloadavg()[0]],
-              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "torch": torch.__version__}
+              "omp_wait_policy": OMP_WAIT_POLICY_AT_LOAD, "torch": torch.__version__}
     out_dir = outputs_dir() / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "deepseek.json").write_text(json.dumps(result, indent=2))
