@@ -180,6 +180,13 @@ class DeepSeekMoE(nn.Module):
         return y.view(B, T, d), aux, load
 
 
+def maxvio(load: torch.Tensor) -> torch.Tensor:
+    """MaxVio of one layer's assignments per expert [E]: max_i load_i / mean load - 1 (arXiv
+    2408.15664); 0 when perfectly balanced, E - 1 when one expert takes everything."""
+    load = load.detach().float()
+    return load.max() / load.mean().clamp(min=1e-9) - 1
+
+
 def load_stats(load: torch.Tensor, capacity_factor: float) -> dict[str, torch.Tensor]:
     """Of one layer's assignments per expert `load` [E]: MaxVio = max_i load_i / mean load - 1
     (arXiv 2408.15664), the share per expert, and the share a capacity of
@@ -187,5 +194,5 @@ def load_stats(load: torch.Tensor, capacity_factor: float) -> dict[str, torch.Te
     load = load.detach().float()
     total = load.sum().clamp(min=1.0)
     capacity = torch.ceil(capacity_factor * total / load.numel())  # on the device: no host sync
-    return {"maxvio": load.max() / load.mean().clamp(min=1e-9) - 1, "share": load / total,
+    return {"maxvio": maxvio(load), "share": load / total,
             "dropped_at_capacity": (load - capacity).clamp(min=0).sum() / total}

@@ -32,6 +32,7 @@ from dslib.model.deepseek import DeepSeekModel
 from dslib.model.deepseek_config import DeepSeekConfig
 from dslib.model.deepseek_flops import count_deepseek_parameters, deepseek_flops_per_token
 from dslib.model.flops import count_parameters, flops_per_token, matmul_parameters
+from dslib.model.moe import maxvio as moe_maxvio
 from dslib.model.transformer_xl import TransformerXL
 from dslib.plan.measure import interleaved_seconds
 from dslib.train import TrainConfig, Trainer
@@ -41,10 +42,9 @@ from dslib.train.step import OptimizerStepper, train_step
 _LOAD_STAT = re.compile(r"^moe_load_layer(\d+)_e(\d+)$")
 
 
-def maxvio(load: np.ndarray | torch.Tensor) -> float:
-    """max load / mean load - 1 of one layer's per-expert loads (0 when perfectly balanced)."""
-    load = np.asarray(load, dtype=float)
-    return float(load.max() / max(load.mean(), 1e-12) - 1)
+def maxvio(load: np.ndarray | torch.Tensor | list[float]) -> float:
+    """model.moe.maxvio of per-expert loads given as a list, an array or a tensor."""
+    return float(moe_maxvio(torch.as_tensor(np.asarray(load, dtype=np.float64))))
 
 
 def balancing_variants(alphas: list[float], gammas: list[float]) -> dict[str, dict[str, Any]]:
