@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from dslib.optim.lion import ArticleSignAdam, Lion
+from dslib.optim.lion import ArticleSignAdam, Lion, state_bytes_per_param
 from dslib.train.step import Batch, OptimizerStepper, batch_loss, train_step
 
 
@@ -232,3 +232,17 @@ def speedups_at(baseline: list[Curve], challenger: list[Curve], targets: Iterabl
 
 def curves_table(curves: dict[str, list[Curve]]) -> list[dict[str, Any]]:
     return [row for group in curves.values() for c in group for row in c.rows()]
+
+
+def state_after_one_step(model_fn: Callable[[], nn.Module], batch: Batch) -> list[dict[str, Any]]:
+    """Optimizer state bytes per parameter, measured from the state tensors after one step of
+    Lion, AdamW and the article's sign-Adam on the same fresh model and batch."""
+    makers = {"Lion": Lion, "AdamW": torch.optim.AdamW, "article sign-Adam": ArticleSignAdam}
+    rows = []
+    for name, make in makers.items():
+        model = model_fn()
+        optimizer = make(model.parameters())
+        batch_loss(model, batch).backward()
+        optimizer.step()
+        rows.append({"optimizer": name, **state_bytes_per_param(optimizer)})
+    return rows
