@@ -26,7 +26,7 @@ from torch import nn
 
 from dslib.model.deepseek_config import DeepSeekConfig
 from dslib.model.mla import KVCache, MultiHeadLatentAttention, RotaryAttention
-from dslib.model.moe import DeepSeekMoE, RoutedExperts, Router, SwiGLU, load_stats
+from dslib.model.moe import DeepSeekMoE, RoutedExperts, Router, SwiGLU, load_stats, update_router_biases
 from dslib.model.mtp import MTPModule, mtp_forward
 from dslib.model.transformer_xl import ModelOutput
 
@@ -141,9 +141,7 @@ class DeepSeekModel(nn.Module):
     # ---- balancing and inference ---------------------------------------------------------
     def update_router_biases(self) -> None:
         """Call after every optimizer step: the aux-loss-free bias update of every router."""
-        for module in self.modules():
-            if isinstance(module, Router):
-                module.update_bias()
+        update_router_biases(self)
 
     def set_absorb(self, enabled: bool) -> None:
         """MLA inference path: True attends to the cached latent directly (absorbed)."""

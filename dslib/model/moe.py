@@ -180,6 +180,14 @@ class DeepSeekMoE(nn.Module):
         return y.view(B, T, d), aux, load
 
 
+def update_router_biases(module: nn.Module) -> None:
+    """The aux-loss-free bias update of every router in ``module`` (a model or a pipeline stage);
+    call it after every optimizer step."""
+    for router in module.modules():
+        if isinstance(router, Router):
+            router.update_bias()
+
+
 def maxvio(load: torch.Tensor) -> torch.Tensor:
     """MaxVio of one layer's assignments per expert [E]: max_i load_i / mean load - 1 (arXiv
     2408.15664); 0 when perfectly balanced, E - 1 when one expert takes everything."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -225,7 +224,7 @@ def _collect(run: dict, engine, losses: list[float], events: list, meter: SavedA
 
     n_params = sum(p.numel() for p in engine.module.parameters())
     tied = engine.module.tied_modules["embed"].weight.detach().cpu() if "embed" in engine.module.tied_modules else None
-    saved = (meter.process_peak, int(statistics.median(meter.per_micro_batch[engine.stage_id]))) if meter else ()
+    saved = (meter.process_peak, meter.micro_batch_bytes(engine.stage_id)) if meter else ()
     per_rank = [None] * dist.get_world_size()
     dist.all_gather_object(per_rank, (engine.stage_id, n_params, events, tied, saved))
     by_stage: dict[int, tuple] = {}

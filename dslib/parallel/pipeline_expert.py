@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dslib.model import DeepSeekModel
-from dslib.model.moe import Router
+from dslib.model.moe import update_router_biases
 from dslib.parallel.expert import ExpertGroups, ExpertParallelStepper, parallelize_experts
 from dslib.parallel.schedules import StageModule, lm_loss, stage_io
 
@@ -109,6 +109,5 @@ def pipeline_expert_step(schedule: Any, module: nn.Module, stepper: ExpertParall
                            losses=losses if last else None)
     if stepper is not None:
         stepper.step()
-        for router in (m for m in module.modules() if isinstance(m, Router)):
-            router.update_bias()
+        update_router_biases(module)
     return PipelineStepResult(torch.stack(losses).mean().detach() if last else None, logits if last else None)

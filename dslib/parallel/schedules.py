@@ -22,7 +22,6 @@ into micro-batches in flight, the unit of the schedules' memory formulas (``in_f
 from __future__ import annotations
 
 import re
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +35,7 @@ from dslib.data.shards import corpus_shards, load_shards
 from dslib.dist.launch import LaunchError, launch
 from dslib.env import device, synchronize
 from dslib.model import DeepSeekConfig, DeepSeekModel, load_deepseek_config
-from dslib.model.moe import Router
+from dslib.model.moe import update_router_biases
 from dslib.train.memory import SavedActivations
 
 # name -> (torch.distributed.pipelining class, stage placement, stages per rank)
@@ -200,11 +199,10 @@ def _one_schedule(name: str, m: int, config: DeepSeekConfig, tokens, steps: int,
         optimizer.step()
         optimizer.zero_grad()
         for mod in modules:
-            for router in (r for r in mod.modules() if isinstance(r, Router)):
-                router.update_bias()
+            update_router_biases(mod)
         run.losses.append(torch.stack(losses).mean().item() if last else float("nan"))
     gathered = [None] * ranks
-    one_micro_batch = {s: int(statistics.median(b)) for s, b in meter.per_micro_batch.items()}
+    one_micro_batch = {s: meter.micro_batch_bytes(s) for s in meter.per_micro_batch}
     dist.all_gather_object(gathered, (run.losses, run.grads, per_rank_steps, meter.stage_peaks, one_micro_batch,
                                       meter.process_peak, torch.get_num_threads()))
     run.losses = next(l for l in (g[0] for g in gathered) if l and l[0] == l[0])  # the rank with the last stage

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import statistics
 import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
@@ -105,6 +106,10 @@ class SavedActivations:
     @property
     def process_peak(self) -> int:
         return self.peak.get(self.ALL, 0)
+
+    def micro_batch_bytes(self, stage: int) -> int:
+        """What one micro-batch leaves saved on ``stage``: the median over its forwards."""
+        return int(statistics.median(self.per_micro_batch[stage]))
 
     def _hold(self, key: int, ptr: int, nbytes: int) -> None:
         entry = self.live.setdefault(key, {}).setdefault(ptr, [nbytes, 0])
